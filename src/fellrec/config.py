@@ -1,0 +1,121 @@
+"""Typed configuration of a fellrec run.
+
+One dataclass per concern; each field's docstring is its ``--help`` text. A YAML config file holds one mapping per
+section (``data:``, ``partition:``, ``model:``, ``split:``) plus the top-level run keys; any key can be overridden on
+the command line as ``--section.key value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class DataArgs:
+    """Where the interactions come from and how they become prompts."""
+
+    source: Literal["movielens100k", "bigrec_json", "amazon2018", "csv"] = "movielens100k"
+    """Reader: `movielens100k` (from the installed recbole wheel), `bigrec_json` (BIGRec/FELLRec JSON records and
+    id2name.txt), `amazon2018` (raw Amazon 2018 reviews + metadata JSON lines), `csv` (your own two CSV files)."""
+    path: Optional[str] = None
+    """Directory holding the source files (not needed for movielens100k, which ships in the recbole wheel)."""
+    train_file: str = "train.json"
+    """bigrec_json: training records, relative to `path`."""
+    valid_file: str = "valid.json"
+    """bigrec_json: validation records, relative to `path`."""
+    test_file: str = "test.json"
+    """bigrec_json: test records (`output` may hold several quoted titles), relative to `path`."""
+    titles_file: str = "id2name.txt"
+    """bigrec_json: `id<TAB>title` per line, relative to `path`."""
+    reviews_file: str = "reviews.json.gz"
+    """amazon2018: reviews as JSON lines (`reviewerID`, `asin`, `unixReviewTime`), optionally gzipped."""
+    meta_file: str = "meta.json.gz"
+    """amazon2018: item metadata as JSON lines (`asin`, `title`, optional `category`), optionally gzipped."""
+    core: int = 5
+    """amazon2018: keep users and items with at least this many interactions (applied until stable)."""
+    interactions_file: str = "interactions.csv"
+    """csv: header `user,item,timestamp`."""
+    items_file: str = "items.csv"
+    """csv: header `item,title` and an optional `genres` column (`|`-separated)."""
+    split: Literal["leave_one_out", "global_time"] = "leave_one_out"
+    """How interactions become train/valid/test: per-user leave-one-out, or one global chronological cut.
+    (bigrec_json files are already split and ignore this.)"""
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """global_time: fractions of interactions, in time order, for train, valid and test."""
+    max_history: int = 10
+    """Most history titles in one prompt (the sliding window length)."""
+    train_samples: Optional[int] = None
+    """Few-shot: keep this many training samples, drawn with `seed` (null keeps all)."""
+    valid_samples: Optional[int] = None
+    """Keep this many validation samples, drawn with `seed` (null keeps all)."""
+    test_users: Optional[int] = None
+    """Keep this many test users, drawn with `seed` (null keeps all)."""
+    seed: int = 42
+    """Seed of every sampling step in the data stage."""
+    item_noun: str = "movies"
+    """Plural noun for items in the prompt ("movies", "video games"); the singular drops a trailing s."""
+    item_verb: str = "watched"
+    """Past-tense verb for the interaction in the prompt ("watched", "played")."""
+
+
+@dataclass
+class PartitionArgs:
+    """How users are grouped into clients."""
+
+    method: Literal["kmeans", "dirichlet", "iid"] = "kmeans"
+    """`kmeans` on user embeddings of a matrix-factorisation model (the paper's way), `dirichlet` (non-IID over item
+    groups), or `iid` (random, equal sizes)."""
+    num_clients: int = 5
+    """Number of clients."""
+    seed: int = 42
+    """Seed of the partition: the same seed gives the same partition in every process and run."""
+    mf_dim: int = 32
+    """kmeans: embedding size of the matrix-factorisation model."""
+    mf_epochs: int = 30
+    """kmeans: training epochs of the matrix-factorisation model (BPR loss)."""
+    kmeans_iters: int = 100
+    """kmeans: most Lloyd iterations."""
+    dirichlet_alpha: float = 0.5
+    """dirichlet: concentration; small values give very uneven clients."""
+    dirichlet_groups: Literal["popularity", "genre"] = "popularity"
+    """dirichlet: what a user's dominant group is: an item-popularity bucket or a genre."""
+    popularity_buckets: int = 5
+    """dirichlet with popularity groups: number of equal-size popularity buckets of items."""
+
+
+@dataclass
+class ModelArgs:
+    """The backbone LLM and its adapters."""
+
+    name: str = "smollm2-135m"
+    """A packaged model (`smollm2-135m`) or a tiny random test model (`tiny-llama`, `tiny-qwen2`);
+    ignored when `path` is set."""
+    path: Optional[str] = None
+    """A local Hugging Face model directory (Llama or Qwen2 family). Nothing is ever downloaded."""
+    quantize: Literal["none", "nf4"] = "nf4"
+    """Storage of the frozen server-side blocks."""
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of activations and of the 4-bit matmuls."""
+    max_length: int = 512
+    """Cut-off of a tokenised prompt plus response."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Module names that get LoRA adapters, on both sides of the split."""
+
+
+@dataclass
+class SplitArgs:
+    """The flexible storage strategy: which decoder blocks stay on the client."""
+
+    head_layers: int = 2
+    """k: the first k decoder blocks run on the client (with the embeddings)."""
+    tail_layers: int = 1
+    """m: the last m decoder blocks run on the client (with the final norm and the LM head)."""
+    per_client: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Per-client override `{client: [k, m]}` for clients with another resource budget."""
