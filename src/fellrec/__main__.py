@@ -1,0 +1,5 @@
+import sys
+
+from fellrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The `fellrec` command line.
+
+Every command reads the same configuration: a YAML file given with `--config` (one mapping per section: data,
+partition, model, split) and any key overridden as `--section.key value`. Unknown keys and wrong types are refused
+with the key named. The resolved configuration is printed to stderr (stdout stays clean for `--json`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
+
+from fellrec import __version__
+from fellrec.config import DataArgs, ModelArgs, PartitionArgs, SplitArgs
+from fellrec.errors import FellrecError
+
+SECTIONS = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs}
+
+
+def data_stats(cfg: Namespace) -> None:
+    """Print users, items, interactions, the split sizes and each client's users and samples."""
+    from fellrec.data.stats import format_stats
+
+    stats, _, _ = _data_stage(cfg)
+    print(json.dumps(stats, indent=2) if cfg.json else format_stats(stats, cfg.partition.method))
+
+
+def data_preview(cfg: Namespace) -> None:
+    """Print rendered prompts and responses, as the model will read and write them."""
+    from fellrec.data.prompts import PromptStyle, render
+
+    _, data, partition = _data_stage(cfg)
+    samples = getattr(data, cfg.split_name)
+    if cfg.client is not None:
+        if not 0 <= cfg.client < partition.num_clients:
+            raise FellrecError(f"--client must be in 0..{partition.num_clients - 1}, got {cfg.client}")
+        samples = partition.split_samples(samples)[cfg.client]
+    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
+    for index, sample in enumerate(samples[: cfg.n]):
+        prompt, response = render(sample, data.titles, style)
+        client = partition.client_of[sample.user]
+        print(f"----- {cfg.split_name} sample {index} (user {sample.user}, client {client}) -----")
+        print(prompt + response)
+    if not samples:
+        print(f"no {cfg.split_name} samples" + (f" for client {cfg.client}" if cfg.client is not None else ""))
+
+
+def fit(cfg: Namespace) -> None:
+    """Train the federated recommender. For now: run and save the data stage, then stop and say so."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+    stats, _, partition = _data_stage(cfg)
+    (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
+    (run_dir / "partition.json").write_text(json.dumps(partition.client_of))
+    from fellrec.data.stats import format_stats
+
+    print(format_stats(stats, cfg.partition.method))
+    print(f"\nSaved the resolved config, data statistics and partition to {run_dir}/.")
+    print("Stopping after the data stage: federated training is not implemented yet (it lands with issue #4). "
+          "Nothing was trained.")
+
+
+def _data_stage(cfg: Namespace):
+    from fellrec.data.partition import partition_users
+    from fellrec.data.pipeline import load_data
+    from fellrec.data.stats import data_stats as compute_stats
+
+    data = load_data(cfg.data)
+    partition = partition_users(data, cfg.partition)
+    return compute_stats(data, partition, cfg.data.split), data, partition
+
+
+COMMANDS = {"fit": fit, "data": {"stats": data_stats, "preview": data_preview}}
+
+
+def _summary(func) -> str:
+    return func.__doc__.splitlines()[0]
+
+
+def _command_parser(func, prog: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=func.__doc__, allow_abbrev=False)
+    parser.add_argument("--config", action="config", help="A YAML config file (conf/ml100k.yaml, ...).")
+    parser.add_argument("--name", type=str, default="ml100k", help="Run name: outputs go to OUT_DIR/NAME.")
+    parser.add_argument("--out_dir", type=str, default="runs", help="Directory that holds the run directories.")
+    for key, section in SECTIONS.items():
+        parser.add_class_arguments(section, key)
+    if func is data_stats:
+        parser.add_argument("--json", type=bool, default=False, help="Print the statistics as JSON.")
+    if func is data_preview:
+        parser.add_argument("--split_name", type=Literal["train", "valid", "test"], default="train",
+                            help="Which split to show.")
+        parser.add_argument("--client", type=Optional[int], default=None, help="Only this client's samples.")
+        parser.add_argument("--n", type=int, default=3, help="How many samples to show.")
+    return parser
+
+
+def _usage(path: tuple[str, ...], node: dict) -> str:
+    """The list of commands under `path`, for `fellrec --help` and for an unknown command."""
+    lines = [f"usage: fellrec {' '.join(path)}{' ' if path else ''}COMMAND [--config FILE] [--section.key VALUE ...]",
+             "", "commands:"]
+    for name, child in node.items():
+        summary = _summary(child) if callable(child) else f"{name} commands: {', '.join(child)}"
+        lines.append(f"  {' '.join((*path, name)):<20} {summary}")
+    lines.append("\nRun `fellrec COMMAND --help` for the options of a command.")
+    return "\n".join(lines)
+
+
+def _find_command(argv: list[str]):
+    """Walk the command tree along argv; return (path, function, remaining args) or exit with the usage.
+
+    Commands are dispatched by hand and each gets its own jsonargparse parser: nested jsonargparse subcommands
+    hide the name of an unknown config key behind an unrelated error.
+    """
+    path: tuple[str, ...] = ()
+    node = COMMANDS
+    while isinstance(node, dict):
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_usage(path, node))
+            sys.exit(0 if argv else 2)
+        if argv[0] == "--version":
+            print(f"fellrec {__version__}")
+            sys.exit(0)
+        if argv[0] not in node:
+            print(f"{_usage(path, node)}\n\nfellrec: error: unknown command {' '.join((*path, argv[0]))!r}",
+                  file=sys.stderr)
+            sys.exit(2)
+        path, node, argv = (*path, argv[0]), node[argv[0]], argv[1:]
+    return path, node, argv
+
+
+def resolved_config_yaml(cfg: Namespace) -> str:
+    resolved = {"name": cfg.name, "out_dir": cfg.out_dir}
+    resolved.update({key: asdict(getattr(cfg, key)) for key in SECTIONS})
+    # A JSON round trip turns tuples into lists, which YAML's safe dumper accepts.
+    return yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    path, func, rest = _find_command(sys.argv[1:] if argv is None else list(argv))
+    parser = _command_parser(func, prog=f"fellrec {' '.join(path)}")
+    cfg = parser.instantiate(parser.parse_args(rest))
+    print(f"# fellrec {' '.join(path)}: resolved config\n{resolved_config_yaml(cfg)}", file=sys.stderr)
+    try:
+        func(cfg)
+    except FellrecError as error:
+        print(f"fellrec: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
