@@ -16,6 +16,7 @@ def test_ml100k_stats_and_the_same_partition_in_two_processes(cli):
     assert len(first["clients"]) == 5 and sum(c["users"] for c in first["clients"]) == 943
     assert sum(c["train_samples"] for c in first["clients"]) == 1024
     assert first["clients"] == second["clients"]
+    assert first["partition_fingerprint"] == second["partition_fingerprint"]
 
 
 def test_stats_table_for_people(cli):

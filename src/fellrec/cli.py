@@ -69,12 +69,12 @@ def fit(cfg: Namespace) -> None:
 
 def _data_stage(cfg: Namespace):
     from fellrec.data.partition import partition_users
-    from fellrec.data.pipeline import load_data
+    from fellrec.data.pipeline import load_data, resolved_split
     from fellrec.data.stats import data_stats as compute_stats
 
     data = load_data(cfg.data)
     partition = partition_users(data, cfg.partition)
-    return compute_stats(data, partition, cfg.data.split), data, partition
+    return compute_stats(data, partition, resolved_split(cfg.data)), data, partition
 
 
 COMMANDS = {"fit": fit, "data": {"stats": data_stats, "preview": data_preview}}

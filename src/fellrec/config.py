@@ -38,8 +38,9 @@ class DataArgs:
     """csv: header `user,item,timestamp`."""
     items_file: str = "items.csv"
     """csv: header `item,title` and an optional `genres` column (`|`-separated)."""
-    split: Literal["leave_one_out", "global_time"] = "leave_one_out"
-    """How interactions become train/valid/test: per-user leave-one-out, or one global chronological cut.
+    split: Optional[Literal["leave_one_out", "global_time"]] = None
+    """How interactions become train/valid/test: per-user leave-one-out, or one global chronological cut. null picks
+    the source's usual split: global_time for amazon2018 (the paper's preprocessing), leave_one_out otherwise.
     (bigrec_json files are already split and ignore this.)"""
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """global_time: fractions of interactions, in time order, for train, valid and test."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fellrec.config import DataArgs
-from fellrec.data.pipeline import load_data, sample_subset
+from fellrec.data.pipeline import load_data, resolved_split, sample_subset
 from fellrec.data.splits import global_time, leave_one_out, sliding_windows
 from fellrec.data.table import Interactions, Sample
 from fellrec.errors import FellrecError
@@ -68,6 +68,8 @@ def test_movielens_pipeline_with_both_splits():
     loo = load_data(DataArgs(train_samples=1024))
     assert (len(loo.train), len(loo.valid), len(loo.test)) == (1024, 943, 943)
     assert len(loo.train_pairs) == 100000 - 2 * 943
+    assert resolved_split(DataArgs()) == "leave_one_out"
+    assert resolved_split(DataArgs(source="amazon2018")) == "global_time"
     timed = load_data(DataArgs(split="global_time"))
     assert len(timed.train_pairs) in range(79_000, 81_000)
     assert all(len(s.history) <= 10 for s in timed.test) and any(len(s.targets) > 1 for s in timed.test)
@@ -79,3 +81,11 @@ def test_csv_pipeline_with_global_time(csv_dir):
     # validate on their last item and u3-u5 are tested on theirs.
     assert [s.user for s in data.valid] == ["u0", "u1", "u2"] and [s.user for s in data.test] == ["u3", "u4", "u5"]
     assert data.test[0] == Sample("u3", ("i3", "i4", "i5", "i6"), ("i7",))
+
+
+def test_amazon_pipeline_defaults_to_the_papers_global_time_split(amazon_dir):
+    data = load_data(DataArgs(source="amazon2018", path=str(amazon_dir)))
+    # 36 interactions at 1000*k + u: the cuts fall at t=4004 (valid) and t=5002 (test).
+    assert [s.user for s in data.valid] == ["U0", "U1", "U4", "U5"]
+    assert [s.user for s in data.test] == ["U2", "U3", "U4", "U5"]
+    assert data.test[0] == Sample("U2", ("A0", "A1", "A2", "A3", "A4"), ("A5",))

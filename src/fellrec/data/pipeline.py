@@ -22,7 +22,7 @@ def load_data(args: DataArgs) -> RecData:
         data = read_bigrec_json(args)
     elif args.source in _READERS:
         table = _READERS[args.source](args)
-        if args.split == "leave_one_out":
+        if resolved_split(args) == "leave_one_out":
             data = leave_one_out(table, args.source, args.max_history)
         else:
             data = global_time(table, args.source, args.max_history, tuple(args.split_ratios))
@@ -34,6 +34,13 @@ def load_data(args: DataArgs) -> RecData:
     data.valid = sample_subset(data.valid, args.valid_samples, args.seed + 1, "data.valid_samples", data.notes)
     data.test = sample_subset(data.test, args.test_users, args.seed + 2, "data.test_users", data.notes)
     return data
+
+
+def resolved_split(args: DataArgs) -> str:
+    """The split in force: the configured one, else the source's usual one."""
+    if args.source == "bigrec_json":
+        return "given"
+    return args.split or ("global_time" if args.source == "amazon2018" else "leave_one_out")
 
 
 def sample_subset(samples: list[Sample], n: int | None, seed: int, key: str, notes: list[str]) -> list[Sample]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from fellrec.data.partition import Partition
 from fellrec.data.table import RecData
 
@@ -17,15 +19,23 @@ def data_stats(data: RecData, partition: Partition, split: str) -> dict:
         "users": data.num_users,
         "items": data.num_items,
         "interactions": data.num_interactions,
-        "split": "given" if data.source == "bigrec_json" else split,
+        "split": split,
         "train_interactions": len(data.train_pairs),
         "train_samples": len(data.train),
         "valid_samples": len(data.valid),
         "test_samples": len(data.test),
         "test_targets": sum(len(s.targets) for s in data.test),
+        "partition_fingerprint": partition_fingerprint(partition),
         "clients": clients,
         "notes": data.notes + partition.notes,
     }
+
+
+def partition_fingerprint(partition: Partition) -> str:
+    """A short hash of who is in which client: equal fingerprints mean the same partition."""
+    lines = "".join(f"{user}\t{partition.client_of[user]}\n" for c in range(partition.num_clients)
+                    for user in partition.users_of(c))
+    return hashlib.sha256(lines.encode()).hexdigest()[:12]
 
 
 def format_stats(stats: dict, method: str) -> str:
@@ -37,7 +47,7 @@ def format_stats(stats: dict, method: str) -> str:
         f"split         {stats['split']}: train {stats['train_samples']} samples "
         f"(from {stats['train_interactions']} interactions), valid {stats['valid_samples']}, "
         f"test {stats['test_samples']} ({stats['test_targets']} targets)",
-        f"clients       {len(stats['clients'])} ({method})",
+        f"clients       {len(stats['clients'])} ({method}, partition {stats['partition_fingerprint']})",
         f"{'client':>8} {'users':>7} {'train':>7} {'valid':>7} {'test':>7}",
     ]
     lines += [f"{c['client']:>8} {c['users']:>7} {c['train_samples']:>7} {c['valid_samples']:>7} "
