@@ -8,6 +8,7 @@ with the key named. The resolved configuration is printed to stderr (stdout stay
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,10 +18,11 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 
 from fellrec import __version__
-from fellrec.config import DataArgs, ModelArgs, PartitionArgs, SplitArgs
+from fellrec.config import DataArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
 from fellrec.errors import FellrecError
 
-SECTIONS = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs}
+SECTIONS = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs, "fed": FedArgs,
+            "train": TrainArgs, "log": LogArgs}
 
 
 def data_stats(cfg: Namespace) -> None:
@@ -52,19 +54,24 @@ def data_preview(cfg: Namespace) -> None:
 
 
 def fit(cfg: Namespace) -> None:
-    """Train the federated recommender. For now: run and save the data stage, then stop and say so."""
-    run_dir = Path(cfg.out_dir) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
-    stats, _, partition = _data_stage(cfg)
-    (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
-    (run_dir / "partition.json").write_text(json.dumps(partition.client_of))
-    from fellrec.data.stats import format_stats
+    """Train the federated recommender: rounds of local training and aggregation, checkpointed every round."""
+    from fellrec.federation.checkpoint import latest_round_dir
+    from fellrec.federation.fit import fit as run_fit
+    from fellrec.federation.orchestrator import RunConfig
 
-    print(format_stats(stats, cfg.partition.method))
-    print(f"\nSaved the resolved config, data statistics and partition to {run_dir}/.")
-    print("Stopping after the data stage: federated training is not implemented yet (it lands with issue #4). "
-          "Nothing was trained.")
+    run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.out_dir) / cfg.name
+    if not cfg.resume and latest_round_dir(run_dir) is not None:
+        raise FellrecError("this run directory already holds round checkpoints: continue it with "
+                           f"`fellrec fit --resume {run_dir}` or choose another --name", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_text = resolved_config_yaml(cfg)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        (run_dir / "config.yaml").write_text(config_text)
+    run_config = RunConfig(name=cfg.name, out_dir=cfg.out_dir, keep_checkpoints=cfg.keep_checkpoints,
+                           **{key: getattr(cfg, key) for key in SECTIONS})
+    last = run_fit(run_config, run_dir, resume=bool(cfg.resume), config_dict=yaml.safe_load(config_text))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(f"finished after round {last}; outputs in {run_dir}/")
 
 
 def _data_stage(cfg: Namespace):
@@ -91,6 +98,12 @@ def _command_parser(func, prog: str) -> ArgumentParser:
     parser.add_argument("--out_dir", type=str, default="runs", help="Directory that holds the run directories.")
     for key, section in SECTIONS.items():
         parser.add_class_arguments(section, key)
+    if func is fit:
+        parser.add_argument("--resume", type=Optional[str], default=None,
+                            help="Continue the run in this directory from its newest round checkpoint (its saved "
+                                 "config is read first; options given here override it).")
+        parser.add_argument("--keep_checkpoints", type=int, default=3,
+                            help="Round checkpoints kept on disk (the newest ones); best adapters are kept apart.")
     if func is data_stats:
         parser.add_argument("--json", type=bool, default=False, help="Print the statistics as JSON.")
     if func is data_preview:
@@ -142,12 +155,27 @@ def resolved_config_yaml(cfg: Namespace) -> str:
     return yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False)
 
 
+def _with_resumed_config(args: list[str]) -> list[str]:
+    """`--resume RUN_DIR` reads RUN_DIR/config.yaml first, so the run continues with the settings it had."""
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag == "--resume" or flag.startswith("--resume="):
+            run_dir = Path(value if flag == "--resume" else flag.split("=", 1)[1])
+            saved = run_dir / "config.yaml"
+            if not saved.is_file():
+                print(f"fellrec: error: {saved}: no saved config to resume from", file=sys.stderr)
+                sys.exit(1)
+            return ["--config", str(saved), *args]
+    return args
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     path, func, rest = _find_command(sys.argv[1:] if argv is None else list(argv))
+    rest = _with_resumed_config(rest) if func is fit else rest
     parser = _command_parser(func, prog=f"fellrec {' '.join(path)}")
     cfg = parser.instantiate(parser.parse_args(rest))
-    print(f"# fellrec {' '.join(path)}: resolved config\n{resolved_config_yaml(cfg)}", file=sys.stderr)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(f"# fellrec {' '.join(path)}: resolved config\n{resolved_config_yaml(cfg)}", file=sys.stderr)
     try:
         func(cfg)
     except FellrecError as error:

@@ -120,3 +120,82 @@ class SplitArgs:
     """m: the last m decoder blocks run on the client (with the final norm and the LM head)."""
     per_client: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Per-client override `{client: [k, m]}` for clients with another resource budget."""
+
+
+@dataclass
+class FedArgs:
+    """Federated rounds and the aggregation strategy."""
+
+    strategy: Literal["fellrec", "fedavg", "fedprox", "local", "centralized"] = "fellrec"
+    """`fellrec` (dynamic balance), `fedavg`, `fedprox`, `local` (no aggregation), `centralized` (one client holding
+    every sample)."""
+    rounds: int = 3
+    """Communication rounds (75 in the paper; few on a CPU)."""
+    sample_fraction: float = 1.0
+    """Fraction of clients trained in each round (at least one); the others keep their adapters."""
+    mu: float = 0.01
+    """fedprox: weight of the proximal term."""
+    similarity_weighting: Literal["linear", "softmax"] = "linear"
+    """fellrec: linear (s+1)/2 weights (the release) or softmax attention over cosine similarities."""
+    tau: float = 1.0
+    """fellrec with softmax weighting: temperature."""
+    heating: bool = True
+    """fellrec: curriculum heating of the aggregation weights (False: gamma = 1, the ablation)."""
+    dynamic: bool = True
+    """fellrec: similarity weights (False: FedAvg weights, the ablation)."""
+    alpha: float = 0.7
+    """Curriculum heating alpha."""
+    beta: float = 5.0
+    """Curriculum heating beta (rounds scale of the heating)."""
+    temperature: float = 0.05
+    """Curriculum heating T of the softmax over the clients' signals."""
+    signal: Literal["train_loss", "val_loss", "recall", "ndcg"] = "train_loss"
+    """What drives the heating: training loss (paper), validation loss, or 1 - a validation ranking metric."""
+    patience: int = 5
+    """Early stopping: rounds without improvement of the weighted mean validation loss."""
+    min_rounds: int = 10
+    """Early stopping never triggers before this many rounds."""
+
+
+@dataclass
+class TrainArgs:
+    """Local training on each client."""
+
+    local_epochs: int = 1
+    """Epochs over the client's own samples in each round (E)."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps, in round 0 only (as the release); then linear decay to 0 over each round."""
+    batch_size: int = 8
+    """Effective batch: micro-batches are accumulated up to it."""
+    micro_batch_size: int = 4
+    """Samples per forward/backward pass."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping of the adapters (0 disables it)."""
+    train_on_inputs: bool = False
+    """Also put the loss on the prompt tokens (the release does; the default masks them)."""
+    keep_optimizer_state: bool = False
+    """Keep each client's AdamW state across rounds (default: fresh each round, as the release)."""
+    val_samples_per_client: Optional[int] = 64
+    """Validation samples per client for the per-round validation loss (null: all)."""
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    """auto: 32-true on CPU, bf16-mixed on a GPU."""
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train."""
+    devices: int = 1
+    """Processes (CPU, gloo) or GPUs (nccl); clients are spread over them. Under torchrun, WORLD_SIZE wins."""
+    seed: int = 42
+    """Seed of client sampling, data order, LoRA initialisation and dropout."""
+
+
+@dataclass
+class LogArgs:
+    """Where the per-round numbers go."""
+
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode: offline runs write to RUN_DIR/wandb and make no network connection."""
+    project: str = "fellrec"
+    """W&B project."""

@@ -45,6 +45,8 @@ class Strategy:
 
     name: str = "base"
     global_model: bool = False
+    last_weights: Optional[Tensor] = None
+    """The latest round's aggregation matrix (participants in ascending id order), for the logs."""
     """True when the strategy keeps one shared adapter: non-sampled clients then also receive it."""
     signal: Optional[str] = None
     """Name of the per-client signal the strategy reads (None: it needs none)."""
@@ -115,6 +117,7 @@ class Strategy:
             raise FellrecError(f"participants {unknown} have no adapter state (clients: {sorted(states)})")
         part = {c: states[c] for c in sorted(set(sample))}
         weights = self.aggregation_weights(part, num_samples, signals, round_idx)
+        self.last_weights = weights  # for the logs: row i = the weights that built participant i's adapter
         new = self.aggregate(part, weights)
         shared = next(iter(new.values()))
         return {c: new[c] if c in new else (_copy(shared) if self.global_model else states[c]) for c in states}

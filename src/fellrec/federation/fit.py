@@ -1,0 +1,83 @@
+"""`fellrec fit`: launch Fabric, build the federation, run (or resume) the rounds with progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fellrec.errors import FellrecError
+from fellrec.federation.orchestrator import Federation, RunConfig, precision_for
+
+
+class Bars:
+    """Three progress bars (rounds, clients, steps) on rank 0; silent elsewhere."""
+
+    def __init__(self, total_rounds: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.rounds = tqdm(total=total_rounds, initial=start, desc="rounds", position=0, disable=not enabled,
+                           dynamic_ncols=True)
+        self.clients = tqdm(total=0, desc="clients", position=1, leave=False, disable=not enabled,
+                            dynamic_ncols=True)
+        self.steps = tqdm(total=0, desc="steps", position=2, leave=False, disable=not enabled, dynamic_ncols=True)
+
+    def start_round(self, round_idx: int, clients: int, steps: int) -> None:
+        for bar, total in ((self.clients, clients), (self.steps, steps)):
+            bar.reset(total=total)
+        self.clients.set_description(f"round {round_idx} clients")
+
+    def close(self) -> None:
+        for bar in (self.steps, self.clients, self.rounds):
+            bar.close()
+
+
+def make_fabric(cfg: RunConfig):
+    from lightning.fabric import Fabric
+
+    accelerator = cfg.train.accelerator
+    if accelerator == "auto":
+        import torch
+
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    devices = int(os.environ.get("WORLD_SIZE", cfg.train.devices))  # torchrun decides the process count
+    if devices < 1:
+        raise FellrecError(f"train.devices must be at least 1, got {devices}")
+    strategy = "ddp" if devices > 1 else "auto"
+    return Fabric(accelerator=accelerator, devices=devices, strategy=strategy,
+                  precision=precision_for(cfg.train, accelerator))
+
+
+def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
+    """Run the federated training; returns the number of the last completed round."""
+    fabric = make_fabric(cfg)
+    fabric.launch()
+    from fellrec.reporting.round_log import RoundLog
+
+    federation = Federation(cfg, fabric, run_dir)
+    if resume:
+        federation.resume()
+    if federation.is_main:
+        federation.round_log = RoundLog(run_dir, cfg.log.wandb, cfg.log.project, cfg.name, config_dict)
+        federation.round_log.truncate_after(federation.start_round - 1)
+    bars = Bars(cfg.fed.rounds, federation.start_round, federation.is_main and sys.stderr is not None)
+    last = federation.start_round - 1
+    try:
+        for round_idx in range(federation.start_round, cfg.fed.rounds):
+            stop = federation.run_round(round_idx, bars)
+            bars.rounds.update(1)
+            last = round_idx
+            if stop:
+                tqdm.write(f"early stop after round {round_idx}: no gain in the mean validation loss for "
+                           f"{cfg.fed.patience} rounds")
+                break
+    except KeyboardInterrupt:
+        tqdm.write(f"\ninterrupted: round checkpoints up to round {last} are complete; continue with "
+                   f"`fellrec fit --resume {run_dir}`")
+        raise
+    finally:
+        bars.close()
+        if federation.is_main:
+            federation.round_log.close()
+    return last

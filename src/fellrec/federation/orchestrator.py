@@ -1,0 +1,309 @@
+"""Federated rounds driven by Lightning Fabric (METHOD.md §3).
+
+Each round: sample clients, train each sampled client locally through its split model, gather the adapters on
+every rank, aggregate with the strategy (one frozen snapshot: Jacobi order), validate every client, keep each
+client's best adapter, log, checkpoint. Clients are spread over Fabric's processes; every rank holds the same
+adapters after each round, and each client trains with its own (round, client) seed, so the result does not depend on
+the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fellrec.config import DataArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
+from fellrec.errors import FellrecError
+from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
+from fellrec.federation.clients import ClientData, build_client_data
+from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
+
+
+@dataclass
+class RunConfig:
+    """Everything `fellrec fit` needs (the sections of the YAML config)."""
+
+    name: str
+    out_dir: str
+    data: DataArgs
+    partition: PartitionArgs
+    model: ModelArgs
+    split: SplitArgs
+    fed: FedArgs
+    train: TrainArgs
+    log: LogArgs
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class Tracker:
+    """Best adapter per client (by its validation loss) and early stopping on the weighted mean."""
+
+    best_val: dict = field(default_factory=dict)
+    best_round: dict = field(default_factory=dict)
+    best_mean: float = math.inf
+    rounds_without_gain: int = 0
+
+    def update(self, val: dict[int, float], weights: dict[int, int]) -> tuple[list[int], float]:
+        """Record a round's validation losses; returns the clients that improved and the weighted mean."""
+        improved = [c for c, v in val.items() if math.isfinite(v) and v < self.best_val.get(c, math.inf)]
+        for c in improved:
+            self.best_val[c] = val[c]
+        counted = [c for c, v in val.items() if math.isfinite(v) and weights.get(c, 0) > 0]
+        mean = (sum(val[c] * weights[c] for c in counted) / sum(weights[c] for c in counted)) if counted else math.nan
+        if math.isfinite(mean) and mean < self.best_mean:
+            self.best_mean, self.rounds_without_gain = mean, 0
+        else:
+            self.rounds_without_gain += 1
+        return improved, mean
+
+
+def precision_for(train: TrainArgs, accelerator: str) -> str:
+    if train.precision != "auto":
+        return train.precision
+    return "bf16-mixed" if accelerator == "cuda" else "32-true"
+
+
+class Federation:
+    """Holds one base model, every client's adapters and data, and runs the rounds."""
+
+    def __init__(self, cfg: RunConfig, fabric, run_dir: Path):
+        from fellrec.data.partition import partition_users
+        from fellrec.data.pipeline import load_data
+        from fellrec.federation.strategies import build_strategy
+        from fellrec.model.adapters import AdapterStore
+        from fellrec.model.loading import load_tokenizer
+        from fellrec.model.split import SplitModel
+
+        self.cfg, self.fabric, self.run_dir = cfg, fabric, run_dir
+        self.data = load_data(cfg.data)
+        self.partition = partition_users(self.data, cfg.partition)
+        self.tokenizer = load_tokenizer(cfg.model)
+        torch.manual_seed(cfg.train.seed)  # the same LoRA initialisation on every rank and in every run
+        self.model = SplitModel(cfg.model, cfg.split, device=fabric.device, lr=cfg.train.lr)
+        self.store = AdapterStore(self.model)
+        self.strategy = build_strategy(cfg.fed.strategy, **strategy_options(cfg.fed))
+        self.clients = build_client_data(self.data, self.partition, self.tokenizer, cfg.data, cfg.model, cfg.train,
+                                         centralized=cfg.fed.strategy == "centralized")
+        self.ids = sorted(self.clients)
+        for c in self.ids:
+            self.store.state(c)  # every client starts from the same initial adapter
+        self.trainable = [c for c in self.ids if self.clients[c].train]
+        for c in sorted(set(self.ids) - set(self.trainable)):
+            if cfg.fed.strategy != "centralized":
+                self.warn(f"client {c} has no training data: it is skipped in every round")
+        if not self.trainable:
+            raise FellrecError("no client has training data")
+        self.tracker = Tracker()
+        self.optimizer_states: dict[int, dict] = {}
+        self.start_round = 0
+        self.round_log = None  # a RoundLog on rank 0, set by the caller
+
+    # ----- helpers ------------------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.fabric.global_rank == 0
+
+    def warn(self, message: str) -> None:
+        if self.is_main:
+            warnings.warn(message, stacklevel=2)
+            tqdm.write(f"warning: {message}")
+
+    def mine(self, clients: list[int]) -> list[int]:
+        """The clients this rank handles."""
+        return clients[self.fabric.global_rank::self.fabric.world_size]
+
+    def gather(self, local: dict) -> dict:
+        """Merge every rank's dict (client -> result); tensors travel on the CPU."""
+        if self.fabric.world_size == 1:
+            return local
+        parts: list = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(parts, local)
+        merged = {}
+        for part in parts:
+            merged.update(part)
+        return merged
+
+    def sample_clients(self, round_idx: int) -> list[int]:
+        """The round's participants, drawn from a (seed, round) generator: the same on every rank."""
+        n = max(1, round(self.cfg.fed.sample_fraction * len(self.trainable)))
+        if n >= len(self.trainable):
+            return list(self.trainable)
+        rng = np.random.default_rng(round_seed(self.cfg.train.seed, round_idx, 10**6))
+        return sorted(int(c) for c in rng.choice(self.trainable, size=n, replace=False))
+
+    def autocast(self):
+        return self.fabric.autocast()
+
+    # ----- one round ----------------------------------------------------------------------------------------------
+    def train_one(self, client: int, round_idx: int, progress) -> tuple[LocalResult, dict, Optional[float]]:
+        sides = self.store.activate(client)
+        params = list(self.store.live.values())
+        start = {n: t.clone() for n, t in self.store.state(client).items()}
+        extra = None
+        if self.cfg.fed.strategy == "fedprox":
+            live = self.store.live
+            extra = lambda: self.strategy.local_loss_term(live, {n: t.to(live[n].device) for n, t in start.items()})
+        result, opt_state = train_client(
+            sides, params, self.clients[client].train, self.cfg.train, round_idx, client,
+            self.tokenizer.pad_token_id, self.fabric.device, self.autocast, extra,
+            self.optimizer_states.get(client), progress)
+        val = None
+        if not result.diverged:
+            self.store.capture(client)
+            if self.cfg.fed.signal == "val_loss":
+                val = self.validate_client(client)
+        state = {n: t.cpu() for n, t in self.store.state(client).items()} if not result.diverged else {}
+        if result.diverged:
+            self.store.set_state(client, start)  # discard: the client keeps its adapter from before the round
+        return result, {"state": state, "optimizer": _cpu(opt_state)}, val
+
+    def validate_client(self, client: int) -> float:
+        sides = self.store.activate(client)
+        return validation_loss(sides, self.clients[client].valid, self.cfg.train.micro_batch_size,
+                               self.tokenizer.pad_token_id, self.fabric.device, self.autocast)
+
+    def run_round(self, round_idx: int, bars) -> bool:
+        """One communication round; returns True when early stopping says stop."""
+        started = time.perf_counter()
+        sampled = self.sample_clients(round_idx)
+        steps = sum(math.ceil(len(self.clients[c].train) / self.cfg.train.batch_size) for c in self.mine(sampled))
+        bars.start_round(round_idx, len(self.mine(sampled)), steps * self.cfg.train.local_epochs)
+        local = {}
+        for client in self.mine(sampled):
+            t0 = time.perf_counter()
+            result, payload, val = self.train_one(client, round_idx, bars.steps)
+            local[client] = (result, payload, val, time.perf_counter() - t0)
+            bars.clients.update(1)
+        results = self.gather(local)
+        ok = [c for c in sampled if not results[c][0].diverged]
+        for c in sampled:
+            result, payload, _, _ = results[c]
+            if result.diverged:
+                self.warn(f"round {round_idx}: client {c} met a NaN/inf loss; its update is discarded")
+                continue
+            self.store.set_state(c, payload["state"])
+            if self.cfg.train.keep_optimizer_state:
+                self.optimizer_states[c] = payload["optimizer"]
+        weights = None
+        if ok:
+            weights = self.aggregate(round_idx, ok, results)
+        val = self.gather({c: self.validate_client(c) for c in self.mine(self.ids)})
+        improved, mean = self.tracker.update(val, {c: len(self.clients[c].valid) for c in self.ids})
+        for c in improved:
+            self.tracker.best_round[c] = round_idx
+        stop = (round_idx + 1 >= self.cfg.fed.min_rounds
+                and self.tracker.rounds_without_gain >= self.cfg.fed.patience)
+        if self.is_main:
+            self.save_best(improved)
+            self.log(round_idx, sampled, results, val, weights, ok, mean, time.perf_counter() - started, stop)
+            self.checkpoint(round_idx)
+        self.fabric.barrier()
+        return stop
+
+    def aggregate(self, round_idx: int, participants: list[int], results: dict) -> Optional[list[list[float]]]:
+        signals = {c: results[c][0].train_loss for c in participants}
+        if self.cfg.fed.signal == "val_loss":
+            signals = {c: results[c][2] for c in participants}
+        states = {c: self.store.state(c) for c in self.ids}
+        num_samples = {c: len(self.clients[c].train) for c in participants}
+        new = self.strategy.aggregate_round(states, num_samples, signals, round_idx, participants)
+        for c in self.ids:
+            self.store.set_state(c, new[c])
+        matrix = getattr(self.strategy, "last_weights", None)
+        return matrix.tolist() if matrix is not None else None
+
+    # ----- outputs --------------------------------------------------------------------------------------------------
+    def save_best(self, improved: list[int]) -> None:
+        for c in improved:
+            self.store.save(c, self.run_dir / "best" / f"client_{c}")
+        (self.run_dir / "best" / "best.json").parent.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "best" / "best.json").write_text(json.dumps(
+            {"best_round": self.tracker.best_round, "best_val_loss": self.tracker.best_val}, indent=2))
+
+    def log(self, round_idx, sampled, results, val, weights, ok, mean, seconds, stop) -> None:
+        gammas = getattr(self.strategy, "last_gammas", {}) or {}
+        rows = []
+        for c in self.ids:
+            result = results[c][0] if c in results else None
+            rows.append({
+                "round": round_idx, "client": c, "sampled": int(c in sampled),
+                "num_samples": len(self.clients[c].train),
+                "train_loss": result.train_loss if result else "", "val_loss": val[c],
+                "gamma": gammas.get(c, ""), "steps": result.steps if result else 0,
+                "boundary_bytes_up": result.bytes_up if result else 0,
+                "boundary_bytes_down": result.bytes_down if result else 0,
+                "adapter_bytes_uploaded": _nbytes(self.store.client_state(c)) if c in ok else 0,
+                "diverged": int(bool(result and result.diverged)),
+                "seconds": round(results[c][3], 3) if c in results else "",
+            })
+        round_row = {"round": round_idx, "mean_val_loss": mean, "best_mean_val_loss": self.tracker.best_mean,
+                     "seconds": round(seconds, 3), "stopped_early": int(stop)}
+        self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok))
+        tqdm.write(f"round {round_idx}: mean val loss {mean:.4f} | " + "  ".join(
+            f"c{r['client']} train {_fmt(r['train_loss'])} val {_fmt(r['val_loss'])}" for r in rows))
+
+    def checkpoint(self, round_idx: int) -> None:
+        state = {"strategy": self.strategy.state_dict(), "tracker": asdict(self.tracker),
+                 "optimizer_states": self.optimizer_states, "clients": self.ids}
+
+        def save_adapters(directory: Path) -> None:
+            for c in self.ids:
+                self.store.save(c, directory / f"client_{c}")
+
+        save_round(self.run_dir, round_idx, save_adapters, state, self.cfg.keep_checkpoints)
+
+    def resume(self) -> None:
+        latest = latest_round_dir(self.run_dir)
+        if latest is None:
+            raise FellrecError("nothing to resume: no complete round checkpoint", self.run_dir)
+        state = load_state(latest)
+        if state["clients"] != self.ids:
+            raise FellrecError(f"checkpoint clients {state['clients']} differ from this run's {self.ids}", latest)
+        for c in self.ids:
+            self.store.load(c, latest / "adapters" / f"client_{c}")
+        self.strategy.load_state_dict(state["strategy"])
+        self.tracker = Tracker(**state["tracker"])
+        self.optimizer_states = state["optimizer_states"]
+        restore_rng(state["rng"])
+        self.start_round = state["round"] + 1
+        if self.is_main:
+            tqdm.write(f"resuming {self.run_dir} after round {state['round']}")
+
+
+def strategy_options(fed: FedArgs) -> dict:
+    """The options of `fed.strategy` from the fed section (each strategy takes only its own)."""
+    if fed.strategy == "fedprox":
+        return {"mu": fed.mu}
+    if fed.strategy == "fellrec":
+        return {"similarity_weighting": fed.similarity_weighting, "tau": fed.tau, "heating": fed.heating,
+                "dynamic": fed.dynamic, "alpha": fed.alpha, "beta": fed.beta, "temperature": fed.temperature,
+                "signal": fed.signal}
+    return {}
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "-"
+
+
+def _nbytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj

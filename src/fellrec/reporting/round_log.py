@@ -1,0 +1,91 @@
+"""Per-round numbers: CSV files in the run directory always, and W&B (offline unless the user is logged in)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Optional
+
+CLIENT_COLUMNS = ["round", "client", "sampled", "num_samples", "train_loss", "val_loss", "gamma", "steps",
+                  "boundary_bytes_up", "boundary_bytes_down", "adapter_bytes_uploaded", "diverged", "seconds"]
+ROUND_COLUMNS = ["round", "mean_val_loss", "best_mean_val_loss", "seconds", "stopped_early"]
+
+
+class RoundLog:
+    """metrics.csv (one row per round and client), rounds.csv (one per round), weights.csv (the aggregation
+    matrix, one row per round and (i, j) entry)."""
+
+    def __init__(self, run_dir: Path, wandb_mode: str, project: str, name: str, config: dict):
+        self.run_dir = run_dir
+        self.files = {"metrics": (run_dir / "metrics.csv", CLIENT_COLUMNS),
+                      "rounds": (run_dir / "rounds.csv", ROUND_COLUMNS),
+                      "weights": (run_dir / "weights.csv", ["round", "i", "j", "weight"])}
+        for path, columns in self.files.values():
+            if not path.exists():
+                _write_rows(path, columns, [], header=True)
+        self.wandb = _start_wandb(run_dir, wandb_mode, project, name, config)
+
+    def truncate_after(self, round_idx: int) -> None:
+        """Drop rows of rounds after `round_idx` (a resumed run redoes them)."""
+        for path, columns in self.files.values():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["round"]) <= round_idx]
+            _write_rows(path, columns, rows, header=True)
+
+    def log_round(self, round_idx: int, client_rows: list[dict], round_row: dict,
+                  weights: Optional[list[list[float]]], weight_ids: list[int]) -> None:
+        _write_rows(*self.files["metrics"], client_rows)
+        _write_rows(*self.files["rounds"], [round_row])
+        if weights is not None:
+            _write_rows(*self.files["weights"], [{"round": round_idx, "i": a, "j": b, "weight": weights[x][y]}
+                                                  for x, a in enumerate(weight_ids)
+                                                  for y, b in enumerate(weight_ids)])
+        if self.wandb is not None:
+            self._log_wandb(round_idx, client_rows, round_row, weights, weight_ids)
+
+    def _log_wandb(self, round_idx, client_rows, round_row, weights, weight_ids) -> None:
+        import wandb
+
+        payload = {f"round/{k}": v for k, v in round_row.items() if k != "round" and v is not None}
+        for row in client_rows:
+            for key in ("train_loss", "val_loss", "gamma", "boundary_bytes_up", "adapter_bytes_uploaded"):
+                if row.get(key) not in (None, ""):
+                    payload[f"client_{row['client']}/{key}"] = row[key]
+        if weights is not None:
+            payload["aggregation_weights"] = wandb.Table(
+                columns=["i", "j", "weight"],
+                data=[[a, b, weights[x][y]] for x, a in enumerate(weight_ids) for y, b in enumerate(weight_ids)])
+        self.wandb.log(payload, step=round_idx)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict], header: bool = False) -> None:
+    with open(path, "w" if header else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _start_wandb(run_dir: Path, mode: str, project: str, name: str, config: dict):
+    if mode == "disabled":
+        return None
+    import wandb  # lazily: the core runs without it
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return wandb.init(project=project, name=name, dir=str(run_dir), mode=mode, config=config,
+                      id=_run_id(run_dir), resume="allow")
+
+
+def _run_id(run_dir: Path) -> str:
+    """One W&B run per run directory, so a resumed run continues the same W&B run."""
+    id_file = run_dir / "wandb_id.txt"
+    if not id_file.exists():
+        import wandb
+
+        id_file.write_text(wandb.util.generate_id())
+    return id_file.read_text().strip()

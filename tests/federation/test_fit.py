@@ -1,0 +1,109 @@
+"""`fellrec fit` end to end through the real CLI on a tiny model: outputs, resume after a kill, two processes."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--config", "conf/tiny.yaml"]
+
+
+def fit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fellrec", "fit", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def adapters(round_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(round_dir.glob("adapters/client_*/*/adapter_model.safetensors")):
+        for name, t in load_file(str(file)).items():
+            tensors[f"{file.parent.parent.name}/{file.parent.name}/{name}"] = t
+    return tensors
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted 3-round FELLRec run, shared by the tests below."""
+    out = tmp_path_factory.mktemp("reference")
+    result = fit(*TINY, "--out_dir", str(out), "--fed.rounds", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "tiny"
+
+
+def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
+    metrics = rows(reference / "metrics.csv")
+    assert [(int(r["round"]), int(r["client"])) for r in metrics] == [(t, c) for t in range(3) for c in range(3)]
+    for r in metrics:
+        assert 0 < float(r["gamma"]) <= 1
+        assert int(r["boundary_bytes_up"]) > int(r["boundary_bytes_down"]) > 0  # up also carries mask + positions
+        assert int(r["adapter_bytes_uploaded"]) > 0 and int(r["steps"]) >= 1
+    # The heating raises every client's gamma from round to round.
+    gamma = {(int(r["round"]), int(r["client"])): float(r["gamma"]) for r in metrics}
+    assert all(gamma[(2, c)] > gamma[(0, c)] for c in range(3))
+    weights = rows(reference / "weights.csv")
+    for t in range(3):
+        for i in range(3):
+            assert sum(float(w["weight"]) for w in weights if (int(w["round"]), int(w["i"])) == (t, i)) == \
+                pytest.approx(1.0)
+    losses = [float(r["mean_val_loss"]) for r in rows(reference / "rounds.csv")]
+    assert losses[2] < losses[0]  # training helps the validation loss
+    final = adapters(reference / "round_002")
+    a = final["client_0/client_side/base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    b = final["client_1/client_side/base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    assert a.abs().sum() > 0 and not torch.equal(a, b)  # trained, and personalised per client
+    assert (reference / "best" / "client_0" / "server_side" / "adapter_model.safetensors").is_file()
+
+
+def test_fedavg_gives_every_client_the_same_adapter(tmp_path):
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.strategy", "fedavg", "--fed.rounds", "1", "--name", "avg")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = adapters(tmp_path / "avg" / "round_000")
+    name = "client_side/base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    assert final[f"client_0/{name}"].abs().sum() > 0
+    assert torch.equal(final[f"client_0/{name}"], final[f"client_2/{name}"])
+
+
+def test_resume_after_a_kill_ends_with_the_same_adapters(reference, tmp_path):
+    command = [sys.executable, "-m", "fellrec", "fit", *TINY, "--out_dir", str(tmp_path), "--fed.rounds", "3"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "tiny"
+    deadline = time.time() + 300
+    while not (run_dir / "round_000").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run_dir / "round_000").is_dir() and not (run_dir / "round_002").exists()
+    again = fit("--resume", str(run_dir))  # the run's saved config, nothing else
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout + again.stderr
+    resumed, uninterrupted = adapters(run_dir / "round_002"), adapters(reference / "round_002")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    assert [r["round"] for r in rows(run_dir / "rounds.csv")] == ["0", "1", "2"]
+
+
+def test_two_processes_give_the_same_adapters(reference, tmp_path):
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "3", "--train.devices", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two, one = adapters(tmp_path / "tiny" / "round_002"), adapters(reference / "round_002")
+    assert two.keys() == one.keys()
+    assert all(torch.allclose(two[k], one[k], atol=1e-6) for k in two)
+
+
+def test_an_existing_run_is_not_overwritten(reference):
+    result = fit(*TINY, "--out_dir", str(reference.parent))
+    assert result.returncode == 1 and "--resume" in result.stderr
