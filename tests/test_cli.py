@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import yaml
 
 
 def test_ml100k_stats_and_the_same_partition_in_two_processes(cli):
-    runs = [cli("data", "stats", "--config", "conf/ml100k.yaml", "--json", "true") for _ in range(2)]
+    args = ("data", "stats", "--config", "conf/ml100k.yaml", "--data.train_samples", "1024", "--json", "true")
+    runs = [cli(*args) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     first, second = (json.loads(r.stdout) for r in runs)
     assert (first["users"], first["items"], first["interactions"]) == (943, 1682, 100000)
@@ -64,19 +64,21 @@ def test_missing_file_gives_one_clean_error(cli, games_dir):
     assert "Traceback" not in result.stderr
 
 
-def test_fit_stops_after_the_data_stage_and_says_so(cli, csv_dir, tmp_path):
-    result = cli("fit", "--config", "conf/ml100k.yaml", "--data.source", "csv", "--data.path", str(csv_dir),
-                 "--partition.num_clients", "2", "--out_dir", str(tmp_path / "runs"), "--name", "tiny")
-    assert result.returncode == 0, result.stderr
-    assert "Nothing was trained" in result.stdout
-    run_dir = tmp_path / "runs" / "tiny"
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["data"]["source"] == "csv" and saved["partition"]["num_clients"] == 2
-    assert json.loads((run_dir / "data_stats.json").read_text())["interactions"] == 30
-    assert set(json.loads((run_dir / "partition.json").read_text()).values()) == {0, 1}
-
-
 def test_help_comes_from_the_docstrings(cli):
     result = cli("data", "stats", "--help")
     assert result.returncode == 0
     assert "Most history titles in one prompt" in result.stdout
+
+
+def test_bench_split_json_on_the_tiny_model(cli):
+    result = cli("bench", "split", "--config", "conf/tiny.yaml", "--ks", "[1, 2]", "--repeats", "1", "--json", "true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)
+    assert [r["k"] for r in rows] == [1, 2]
+    assert set(rows[0]) == {"k", "client_param_bytes", "server_param_bytes", "full_param_bytes", "client_fraction",
+                            "bytes_up_per_step", "bytes_down_per_step", "step_time_split_s", "step_time_full_s",
+                            "overhead_ratio", "nf4_body_bytes", "bf16_body_bytes"}
+    # A deeper head moves blocks to the client: the server shrinks, the traffic per step does not change.
+    assert rows[1]["server_param_bytes"] < rows[0]["server_param_bytes"]
+    assert rows[1]["bytes_up_per_step"] == rows[0]["bytes_up_per_step"] > 0
+    assert all(r["nf4_body_bytes"] < 0.5 * r["bf16_body_bytes"] for r in rows)

@@ -74,6 +74,15 @@ def fit(cfg: Namespace) -> None:
         print(f"finished after round {last}; outputs in {run_dir}/")
 
 
+def bench_split(cfg: Namespace) -> None:
+    """Measure the split at several head depths k: memory per side, bytes per step, step time split vs unsplit."""
+    from fellrec.model.bench import format_bench_table, run_bench_split
+
+    rows = run_bench_split(cfg.model, cfg.split, ks=tuple(cfg.ks), batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                           repeats=cfg.repeats)
+    print(json.dumps(rows, indent=2) if cfg.json else format_bench_table(rows))
+
+
 def _data_stage(cfg: Namespace):
     from fellrec.data.partition import partition_users
     from fellrec.data.pipeline import load_data, resolved_split
@@ -84,7 +93,7 @@ def _data_stage(cfg: Namespace):
     return compute_stats(data, partition, resolved_split(cfg.data)), data, partition
 
 
-COMMANDS = {"fit": fit, "data": {"stats": data_stats, "preview": data_preview}}
+COMMANDS = {"fit": fit, "data": {"stats": data_stats, "preview": data_preview}, "bench": {"split": bench_split}}
 
 
 def _summary(func) -> str:
@@ -104,8 +113,13 @@ def _command_parser(func, prog: str) -> ArgumentParser:
                                  "config is read first; options given here override it).")
         parser.add_argument("--keep_checkpoints", type=int, default=3,
                             help="Round checkpoints kept on disk (the newest ones); best adapters are kept apart.")
-    if func is data_stats:
-        parser.add_argument("--json", type=bool, default=False, help="Print the statistics as JSON.")
+    if func in (data_stats, bench_split):
+        parser.add_argument("--json", type=bool, default=False, help="Print the result as JSON.")
+    if func is bench_split:
+        parser.add_argument("--ks", type=list[int], default=[1, 2, 4, 8], help="Head depths k to measure.")
+        parser.add_argument("--batch_size", type=int, default=4, help="Samples per benchmark step.")
+        parser.add_argument("--seq_len", type=int, default=64, help="Tokens per sample.")
+        parser.add_argument("--repeats", type=int, default=7, help="Timed steps per arm (medians are kept).")
     if func is data_preview:
         parser.add_argument("--split_name", type=Literal["train", "valid", "test"], default="train",
                             help="Which split to show.")

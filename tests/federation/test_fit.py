@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,3 +108,14 @@ def test_two_processes_give_the_same_adapters(reference, tmp_path):
 def test_an_existing_run_is_not_overwritten(reference):
     result = fit(*TINY, "--out_dir", str(reference.parent))
     assert result.returncode == 1 and "--resume" in result.stderr
+
+
+def test_wandb_offline_run_and_saved_config(tmp_path):
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "1", "--log.wandb", "offline",
+                 "--fed.strategy", "local")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "tiny"
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["fed"]["strategy"] == "local" and saved["model"]["name"] == "tiny-llama"
+    assert "gamma" in rows(run_dir / "metrics.csv")[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
 from pathlib import Path
 from typing import Optional
 
@@ -85,7 +86,5 @@ def _run_id(run_dir: Path) -> str:
     """One W&B run per run directory, so a resumed run continues the same W&B run."""
     id_file = run_dir / "wandb_id.txt"
     if not id_file.exists():
-        import wandb
-
-        id_file.write_text(wandb.util.generate_id())
+        id_file.write_text(secrets.token_hex(4))
     return id_file.read_text().strip()
