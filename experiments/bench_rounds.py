@@ -1,9 +1,9 @@
 """Round time against the number of clients, and a FELLRec round against centralized training.
 
-All set-ups train on the same samples (the same few-shot draw), split over 5, 20 or 50 IID clients, or held by one
-client (centralized). Rounds are timed interleaved (set-up A, B, C, D, A, B, ...) and the median is kept, because
-these machines are noisy. A round is everything `fellrec fit` does in one: local training, aggregation, validation
-(one sample per client here, so that it does not grow with the client count), logs and the checkpoint.
+All set-ups train on the same samples (the same few-shot draw) and validate on the same samples, split over 5, 20 or
+50 IID clients, or trained by one client (centralized). Rounds are timed interleaved (set-up A, B, C, D, A, B, ...)
+and the median is kept, because these machines are noisy. A round is everything `fellrec fit` does in one: local
+training, aggregation, validation, logs and the checkpoint.
 
     python experiments/bench_rounds.py                       # SmolLM2 (nf4 middle), 64 samples, 2 repeats
     python experiments/bench_rounds.py --quick --json        # the tiny test model: seconds, for the test suite
@@ -40,13 +40,13 @@ class _NoBars:
         pass
 
 
-def base_config(path: Path, train_samples: int, quick: bool) -> RunConfig:
+def base_config(path: Path, train_samples: int, valid_samples: int, quick: bool) -> RunConfig:
     raw = yaml.safe_load(path.read_text())
     sections = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs,
                 "fed": FedArgs, "train": TrainArgs, "log": LogArgs}
     args = {key: cls(**(raw.get(key) or {})) for key, cls in sections.items()}
-    args["data"] = replace(args["data"], train_samples=train_samples, valid_samples=None)
-    args["train"] = replace(args["train"], val_samples_per_client=1, local_epochs=1)
+    args["data"] = replace(args["data"], train_samples=train_samples, valid_samples=valid_samples)
+    args["train"] = replace(args["train"], val_samples_per_client=None, local_epochs=1)
     args["log"] = replace(args["log"], wandb="disabled")
     args["partition"] = replace(args["partition"], method="iid")
     if quick:
@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "conf" / "ml100k.yaml")
     parser.add_argument("--train-samples", type=int, default=64)
+    parser.add_argument("--valid-samples", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny random model instead of the config's model")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the three ratios")
@@ -76,7 +77,7 @@ def main() -> None:
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
-    base = base_config(args.config, args.train_samples, args.quick)
+    base = base_config(args.config, args.train_samples, args.valid_samples, args.quick)
     with tempfile.TemporaryDirectory() as tmp:
         federations = {}
         for name, cfg in setups(base).items():

@@ -195,6 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FellrecError as error:
         print(f"fellrec: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("fellrec: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

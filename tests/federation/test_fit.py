@@ -119,3 +119,42 @@ def test_wandb_offline_run_and_saved_config(tmp_path):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["fed"]["strategy"] == "local" and saved["model"]["name"] == "tiny-llama"
     assert "gamma" in rows(run_dir / "metrics.csv")[0]
+
+
+def test_a_diverging_client_is_discarded_and_the_run_goes_on(tmp_path):
+    # float16 and a huge learning rate overflow the second forward pass (the loss turns NaN); those updates must be
+    # dropped: the clients keep the adapter they started the round with (LoRA B still zero).
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "1", "--train.lr", "1e4",
+                 "--model.compute_dtype", "float16", "--model.quantize", "none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = rows(tmp_path / "tiny" / "metrics.csv")
+    diverged = [int(r["client"]) for r in metrics if r["diverged"] == "1"]
+    assert diverged and f"client {diverged[0]} met a NaN/inf loss" in result.stderr
+    final = adapters(tmp_path / "tiny" / "round_000")
+    for c in diverged:
+        b_tensors = [t for name, t in final.items() if name.startswith(f"client_{c}/") and "lora_B" in name]
+        assert b_tensors and all(torch.count_nonzero(t) == 0 for t in b_tensors)
+
+
+def test_a_client_without_training_data_is_skipped(tmp_path):
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "1", "--partition.method", "iid",
+                 "--partition.num_clients", "12", "--data.train_samples", "6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = rows(tmp_path / "tiny" / "metrics.csv")
+    empty = [int(r["client"]) for r in metrics if r["num_samples"] == "0"]
+    assert empty and all(r["sampled"] == "0" for r in metrics if int(r["client"]) in empty)
+    assert f"client {empty[0]} has no training data" in result.stdout + result.stderr
+
+
+def test_ctrl_c_keeps_the_last_complete_round(tmp_path):
+    command = [sys.executable, "-m", "fellrec", "fit", *TINY, "--out_dir", str(tmp_path), "--fed.rounds", "5"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "tiny"
+    deadline = time.time() + 300
+    while not (run_dir / "round_000").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and "--resume" in output
+    assert (run_dir / "round_000" / "state.pt").is_file()
+    assert adapters(run_dir / "round_000")  # complete and readable

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -103,6 +103,9 @@ class Federation:
                 self.warn(f"client {c} has no training data: it is skipped in every round")
         if not self.trainable:
             raise FellrecError("no client has training data")
+        if cfg.fed.strategy == "fellrec" and cfg.fed.heating and cfg.fed.signal in ("recall", "ndcg"):
+            raise FellrecError(f"fed.signal={cfg.fed.signal} needs per-round ranking evaluation, which is not "
+                               "built yet: use train_loss or val_loss")
         self.tracker = Tracker()
         self.optimizer_states: dict[int, dict] = {}
         self.start_round = 0
@@ -115,8 +118,7 @@ class Federation:
 
     def warn(self, message: str) -> None:
         if self.is_main:
-            warnings.warn(message, stacklevel=2)
-            tqdm.write(f"warning: {message}")
+            tqdm.write(f"warning: {message}", file=sys.stderr)
 
     def mine(self, clients: list[int]) -> list[int]:
         """The clients this rank handles."""
@@ -158,6 +160,8 @@ class Federation:
             self.tokenizer.pad_token_id, self.fabric.device, self.autocast, extra,
             self.optimizer_states.get(client), progress)
         val = None
+        if not result.diverged and not all(torch.isfinite(p).all() for p in params):
+            result.diverged = True  # finite losses, but the step itself blew the adapter up
         if not result.diverged:
             self.store.capture(client)
             if self.cfg.fed.signal == "val_loss":
@@ -250,7 +254,7 @@ class Federation:
                      "seconds": round(seconds, 3), "stopped_early": int(stop)}
         self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok))
         tqdm.write(f"round {round_idx}: mean val loss {mean:.4f} | " + "  ".join(
-            f"c{r['client']} train {_fmt(r['train_loss'])} val {_fmt(r['val_loss'])}" for r in rows))
+            f"c{r['client']} train {_fmt(r['train_loss'])} val {_fmt(r['val_loss'])}" for r in rows), file=sys.stderr)
 
     def checkpoint(self, round_idx: int) -> None:
         state = {"strategy": self.strategy.state_dict(), "tracker": asdict(self.tracker),
@@ -277,7 +281,7 @@ class Federation:
         restore_rng(state["rng"])
         self.start_round = state["round"] + 1
         if self.is_main:
-            tqdm.write(f"resuming {self.run_dir} after round {state['round']}")
+            tqdm.write(f"resuming {self.run_dir} after round {state['round']}", file=sys.stderr)
 
 
 def strategy_options(fed: FedArgs) -> dict:
