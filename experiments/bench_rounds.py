@@ -1,9 +1,9 @@
 """Round time against the number of clients, and a FELLRec round against centralized training.
 
 All set-ups train on the same samples (the same few-shot draw) and validate on the same samples, split over 5, 20 or
-50 IID clients, or trained by one client (centralized). Rounds are timed interleaved (set-up A, B, C, D, A, B, ...)
-and the median is kept, because these machines are noisy. A round is everything `fellrec fit` does in one: local
-training, aggregation, validation, logs and the checkpoint.
+50 IID clients, or trained by one client (centralized). After one untimed warm-up round per set-up, rounds are timed
+interleaved (set-up A, B, C, D, A, B, ...) and the median is kept, because these machines are noisy. A round is
+everything `fellrec fit` does in one: local training, aggregation, validation, logs and the checkpoint.
 
     python experiments/bench_rounds.py                       # SmolLM2 (nf4 middle), 64 samples, 2 repeats
     python experiments/bench_rounds.py --quick --json        # the tiny test model: seconds, for the test suite
@@ -88,8 +88,10 @@ def main() -> None:
             federations[name] = fed
             print(f"built {name}: {len(fed.trainable)} clients with data, "
                   f"{sum(len(c.train) for c in fed.clients.values())} samples", file=sys.stderr)
+        for name, fed in federations.items():  # warm-up: first-call costs (allocations, lazy init) stay untimed
+            fed.run_round(0, _NoBars())
         times: dict[str, list[float]] = {name: [] for name in federations}
-        for repeat in range(args.repeats):
+        for repeat in range(1, args.repeats + 1):
             for name, fed in federations.items():
                 start = time.perf_counter()
                 fed.run_round(repeat, _NoBars())

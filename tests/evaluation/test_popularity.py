@@ -1,6 +1,5 @@
 from fellrec.config import DataArgs
 from fellrec.data.pipeline import load_data
-from fellrec.data.table import Sample
 from fellrec.evaluation.metrics import mean_metrics
 from fellrec.evaluation.popularity import PopularityRanker
 

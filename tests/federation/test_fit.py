@@ -67,6 +67,7 @@ def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
     b = final["client_1/client_side/base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
     assert a.abs().sum() > 0 and not torch.equal(a, b)  # trained, and personalised per client
     assert (reference / "best" / "client_0" / "server_side" / "adapter_model.safetensors").is_file()
+    assert (reference / "rounds.png").stat().st_size > 10_000 and (reference / "weights.png").is_file()
 
 
 def test_fedavg_gives_every_client_the_same_adapter(tmp_path):

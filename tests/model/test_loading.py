@@ -11,7 +11,9 @@ import torch
 from fellrec.config import ModelArgs
 from fellrec.errors import FellrecError
 from fellrec.model import loading
-from fellrec.model.loading import cache_root, load_base_model, load_tokenizer, write_atomically
+from fellrec import files
+from fellrec.files import write_atomically
+from fellrec.model.loading import cache_root, load_base_model, load_tokenizer
 
 
 def test_missing_model_directory_is_one_clear_error(tmp_path):
@@ -85,7 +87,7 @@ def test_interrupted_write_leaves_nothing_that_is_reused(tmp_path):
     assert not target.exists() and not list(target.parent.iterdir())  # the partial directory is gone too
     write_atomically(target, lambda tmp: (tmp / "config.json").write_text('{"ok": 1}'))
     assert json.loads((target / "config.json").read_text()) == {"ok": 1}
-    assert target.stat().st_mode & 0o077 == 0o777 & ~loading._umask() & 0o077  # not left private like mkdtemp
+    assert target.stat().st_mode & 0o077 == 0o777 & ~files._umask() & 0o077  # not left private like mkdtemp
     assert [p.name for p in target.parent.iterdir()] == ["model"]
 
 

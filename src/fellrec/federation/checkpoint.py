@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fellrec.errors import FellrecError
+from fellrec.files import write_atomically
 
 _ROUND_DIR = re.compile(r"^round_(\d{3,})$")
 STATE_FILE = "state.pt"
@@ -20,20 +21,6 @@ STATE_FILE = "state.pt"
 
 def round_dir(run_dir: Path, round_idx: int) -> Path:
     return run_dir / f"round_{round_idx:03d}"
-
-
-def write_atomically(target: Path, fill: Callable[[Path], None]) -> None:
-    """Let `fill` write a sibling temporary directory, then swap it in with one rename."""
-    tmp = target.parent / f".{target.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
-    old = target.parent / f".{target.name}.old"
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_states() -> dict:

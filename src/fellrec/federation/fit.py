@@ -53,6 +53,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
     """Run the federated training; returns the number of the last completed round."""
     fabric = make_fabric(cfg)
     fabric.launch()
+    from fellrec.reporting.plots import plot_rounds, plot_weights
     from fellrec.reporting.round_log import RoundLog
 
     federation = Federation(cfg, fabric, run_dir)
@@ -69,12 +70,17 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
             bars.rounds.update(1)
             last = round_idx
             if stop:
-                tqdm.write(f"early stop after round {round_idx}: no gain in the mean validation loss for "
-                           f"{cfg.fed.patience} rounds")
+                if federation.is_main:
+                    tqdm.write(f"early stop after round {round_idx}: no gain in the mean validation loss for "
+                               f"{cfg.fed.patience} rounds", file=sys.stderr)
                 break
+        if federation.is_main and last >= 0:
+            plots = [plot_rounds(run_dir), plot_weights(run_dir)]
+            federation.round_log.log_images([p for p in plots if p is not None])
     except KeyboardInterrupt:
-        tqdm.write(f"\ninterrupted: round checkpoints up to round {last} are complete; continue with "
-                   f"`fellrec fit --resume {run_dir}`")
+        if federation.is_main:
+            tqdm.write(f"\ninterrupted: round checkpoints up to round {last} are complete; continue with "
+                       f"`fellrec fit --resume {run_dir}`", file=sys.stderr)
         raise
     finally:
         bars.close()

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from fellrec.config import DataArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
 from fellrec.errors import FellrecError
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
-from fellrec.federation.clients import ClientData, build_client_data
+from fellrec.federation.clients import build_client_data
 from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
+from fellrec.files import write_atomically
 
 
 @dataclass
@@ -53,11 +54,11 @@ class Tracker:
     best_mean: float = math.inf
     rounds_without_gain: int = 0
 
-    def update(self, val: dict[int, float], weights: dict[int, int]) -> tuple[list[int], float]:
+    def update(self, round_idx: int, val: dict[int, float], weights: dict[int, int]) -> tuple[list[int], float]:
         """Record a round's validation losses; returns the clients that improved and the weighted mean."""
         improved = [c for c, v in val.items() if math.isfinite(v) and v < self.best_val.get(c, math.inf)]
         for c in improved:
-            self.best_val[c] = val[c]
+            self.best_val[c], self.best_round[c] = val[c], round_idx
         counted = [c for c, v in val.items() if math.isfinite(v) and weights.get(c, 0) > 0]
         mean = (sum(val[c] * weights[c] for c in counted) / sum(weights[c] for c in counted)) if counted else math.nan
         if math.isfinite(mean) and mean < self.best_mean:
@@ -154,7 +155,8 @@ class Federation:
         extra = None
         if self.cfg.fed.strategy == "fedprox":
             live = self.store.live
-            extra = lambda: self.strategy.local_loss_term(live, {n: t.to(live[n].device) for n, t in start.items()})
+            anchor = {n: t.to(live[n].device) for n, t in start.items()}  # the adapter the round started from
+            extra = lambda: self.strategy.local_loss_term(live, anchor)
         result, opt_state = train_client(
             sides, params, self.clients[client].train, self.cfg.train, round_idx, client,
             self.tokenizer.pad_token_id, self.fabric.device, self.autocast, extra,
@@ -202,9 +204,7 @@ class Federation:
         if ok:
             weights = self.aggregate(round_idx, ok, results)
         val = self.gather({c: self.validate_client(c) for c in self.mine(self.ids)})
-        improved, mean = self.tracker.update(val, {c: len(self.clients[c].valid) for c in self.ids})
-        for c in improved:
-            self.tracker.best_round[c] = round_idx
+        improved, mean = self.tracker.update(round_idx, val, {c: len(self.clients[c].valid) for c in self.ids})
         stop = (round_idx + 1 >= self.cfg.fed.min_rounds
                 and self.tracker.rounds_without_gain >= self.cfg.fed.patience)
         if self.is_main:
@@ -229,7 +229,8 @@ class Federation:
     # ----- outputs --------------------------------------------------------------------------------------------------
     def save_best(self, improved: list[int]) -> None:
         for c in improved:
-            self.store.save(c, self.run_dir / "best" / f"client_{c}")
+            write_atomically(self.run_dir / "best" / f"client_{c}", lambda tmp: self.store.save(c, tmp),
+                             replace=True)
         (self.run_dir / "best" / "best.json").parent.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "best" / "best.json").write_text(json.dumps(
             {"best_round": self.tracker.best_round, "best_val_loss": self.tracker.best_val}, indent=2))

@@ -9,16 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from fellrec.config import ModelArgs
 from fellrec.errors import FellrecError
+from fellrec.files import write_atomically
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 PACKAGED = "smollm2-135m"
@@ -43,33 +41,6 @@ def cache_root() -> Path:
         return Path(os.environ["FELLREC_CACHE"])
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "fellrec"
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a temporary sibling directory, then rename it to `target`.
-
-    A rename is atomic on one file system, so `target` either does not exist or is complete: an interrupted
-    conversion leaves only a `.partial-` directory that is never read.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a cache is as readable as any new directory
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():  # a concurrent process may have won the rename; anything else is a real error
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def packaged_gguf() -> Path:

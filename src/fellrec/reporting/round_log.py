@@ -59,6 +59,13 @@ class RoundLog:
                 data=[[a, b, weights[x][y]] for x, a in enumerate(weight_ids) for y, b in enumerate(weight_ids)])
         self.wandb.log(payload, step=round_idx)
 
+    def log_images(self, paths: list[Path]) -> None:
+        """Attach the run's PNG plots to the W&B run."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths})
+
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()

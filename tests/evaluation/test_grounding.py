@@ -1,0 +1,75 @@
+"""Grounding on hand-made embeddings: nearest items, history masking, popularity-aware ranking, gamma choice."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fellrec.data.table import Sample
+from fellrec.evaluation.grounding import ItemIndex, choose_pop_gamma, ground, rank_scores
+from fellrec.evaluation.generation import parse_title
+
+# Items on a line: a=0, b=1, c=2, d=3, e=10. Only e is popular in training.
+INDEX = ItemIndex(list("abcde"), ["A", "B", "C", "D", "E"],
+                  torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [10, 0]]))
+POP = torch.tensor([0.0, 0, 0, 0, 10])
+NEAR_B = torch.tensor([[0.9, 0.0]])  # distances a .9, b .1, c 1.1, d 2.1, e 9.1
+
+
+def test_nearest_items_first():
+    assert ground(NEAR_B, INDEX, [()], k=5) == [list("bacde")]
+    assert ground(torch.tensor([[9.0, 1.0], [2.1, 0.0]]), INDEX, [(), ()], k=2) == [["e", "d"], ["c", "d"]]
+
+
+def test_history_items_are_never_recommended():
+    assert ground(NEAR_B, INDEX, [("b", "c")], k=3) == [["a", "d", "e"]]
+    assert ground(NEAR_B, INDEX, [("unknown-item",)], k=1) == [["b"]]  # ids outside the index are ignored
+
+
+def test_ties_go_to_the_lower_row():
+    assert ground(torch.tensor([[0.5, 0.0]]), INDEX, [()], k=2) == [["a", "b"]]
+
+
+def test_popularity_gamma_zero_is_plain_distance():
+    assert ground(NEAR_B, INDEX, [("b",)], k=4, popularity=POP, pop_gamma=0.0) == [list("acde")]
+
+
+def test_large_gamma_lifts_the_popular_item():
+    # Normalised distances: a .8/9, c 1/9, d 2/9, e 1; e's factor (1 + 1)^-100 puts it first once b is masked.
+    assert ground(NEAR_B, INDEX, [("b",)], k=4, popularity=POP, pop_gamma=100.0) == [list("eacd")]
+    # The nearest item has normalised distance 0, so no popularity factor can pass it.
+    assert ground(NEAR_B, INDEX, [()], k=2, popularity=POP, pop_gamma=100.0) == [list("be")]
+
+
+def test_popularity_score_formula():
+    scores = rank_scores(NEAR_B, INDEX, POP, pop_gamma=1.0)[0]
+    d = torch.tensor([0.9, 0.1, 1.1, 2.1, 9.1])
+    expected = (d - 0.1) / 9.0 * torch.tensor([1, 1, 1, 1, 0.5])
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_choose_pop_gamma_on_validation_users():
+    users = [Sample("u1", ("b",), ("e",)), Sample("u2", ("b",), ("e",))]
+    gamma, scores = choose_pop_gamma(NEAR_B.repeat(2, 1), INDEX, users, POP, grid=(0.0, 1.0, 100.0))
+    assert gamma == 100.0 and scores[100.0] == 1.0
+    assert scores[0.0] == pytest.approx(1 / math.log2(5))  # e is fourth without popularity (a, c, d, e)
+    # When the near item is the truth, popularity only hurts: the first of the tied best values wins.
+    users = [Sample("u1", ("b",), ("a",))]
+    gamma, scores = choose_pop_gamma(NEAR_B, INDEX, users, POP, grid=(0.0, 1.0, 100.0))
+    assert gamma == 0.0 and scores == {0.0: 1.0, 1.0: 1.0, 100.0: pytest.approx(1 / math.log2(3))}
+
+
+@pytest.mark.parametrize("text, title", [
+    ('"Heat (1995)"', "Heat (1995)"),
+    ('"Heat (1995)", "Casino (1995)"', "Heat (1995)"),
+    ('"Heat (1995)"\n### Instruction: more', "Heat (1995)"),
+    ('"Heat (19', "Heat (19"),  # cut by max_new_tokens: no closing quote
+    ('"Heat (1995)\nrest', "Heat (1995)"),
+    ('Heat (1995)', "Heat (1995)"),
+    ('  "Tom Clancy\'s "Splinter Cell", Chaos Theory"', 'Tom Clancy\'s "Splinter Cell", Chaos Theory'),
+    ('', ''),
+])
+def test_parse_title(text, title):
+    assert parse_title(text) == title

@@ -1,0 +1,78 @@
+"""Generation, embeddings and the item index on the tiny model: batch invariance, the disk cache, constraints."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.evaluation.conftest import TITLES, randomize_adapters
+from fellrec.data.prompts import PromptStyle
+from fellrec.evaluation.grounding import ItemIndex, TitleTrie, embed_texts, generate_titles, index_key
+
+PROMPTS = [PromptStyle().prompt(h) for h in (["Heat (1995)"], ["Toy Story (1995)", "Casino (1995)", "Babe (1995)"],
+                                             ["Se7en (1995)", "Apollo 13 (1995)"], [])]
+
+
+def test_embed_texts_is_batch_invariant(tiny):
+    model, tokenizer = tiny
+    texts = ["Toy Story (1995)", "Se7en", "a much longer title with many more words (1995)", ""]
+    batched = embed_texts(model, tokenizer, texts, batch_size=4)
+    alone = torch.cat([embed_texts(model, tokenizer, [t]) for t in texts])
+    assert batched.shape == (4, model.config.hidden_size) and batched.dtype == torch.float32
+    assert torch.allclose(batched, alone, atol=1e-5)
+    # Column -1 of a left-padded row is the text's last token: the decoder's state there, computed unpadded.
+    ids = torch.tensor([tokenizer(texts[0], add_special_tokens=False)["input_ids"]])
+    with model.peft.disable_adapter():
+        direct = model.causal_lm.model(input_ids=ids).last_hidden_state[0, -1]
+    assert torch.allclose(batched[0], direct, atol=1e-5)
+
+
+def test_embeddings_use_the_base_model(tiny):
+    model, tokenizer = tiny
+    before = embed_texts(model, tokenizer, ["Heat (1995)"])
+    randomize_adapters(model, seed=3)
+    try:
+        assert torch.equal(embed_texts(model, tokenizer, ["Heat (1995)"]), before)
+    finally:
+        randomize_adapters(model, seed=0, scale=0.0)
+
+
+def test_greedy_batched_equals_one_at_a_time(tiny):
+    model, tokenizer = tiny
+    batched = generate_titles(model, tokenizer, PROMPTS, num_beams=1, max_new_tokens=6, batch_size=8)
+    alone = [generate_titles(model, tokenizer, [p], num_beams=1, max_new_tokens=6)[0] for p in PROMPTS]
+    assert batched == alone and all(isinstance(t, str) for t in batched)
+    # Beam search is deterministic too.
+    beams = generate_titles(model, tokenizer, PROMPTS, num_beams=2, max_new_tokens=6, batch_size=3)
+    assert beams == generate_titles(model, tokenizer, PROMPTS, num_beams=2, max_new_tokens=6, batch_size=3)
+
+
+def test_constrained_generation_writes_real_titles(tiny):
+    model, tokenizer = tiny
+    titles = list(TITLES.values())
+    trie = TitleTrie(tokenizer, titles)
+    for beams in (1, 3):
+        out = generate_titles(model, tokenizer, PROMPTS, num_beams=beams, max_new_tokens=4, batch_size=4, trie=trie)
+        assert len(out) == len(PROMPTS) and set(out) <= set(titles), out
+
+
+def test_trie_paths(tiny):
+    _, tokenizer = tiny
+    trie = TitleTrie(tokenizer, ["Heat (1995)", "Heat (1996)"])
+    path = tokenizer('"Heat (1995)"', add_special_tokens=False)["input_ids"]
+    assert trie.allowed(path) == [tokenizer.eos_token_id]
+    assert path[0] in trie.allowed([]) and len(trie.allowed(path[:-1])) == 2  # the two years part at the end
+    assert trie.allowed([12345, 678]) == [tokenizer.eos_token_id]  # off the trie: only EOS
+
+
+def test_item_index_cache(tiny, tmp_path):
+    model, tokenizer = tiny
+    first = ItemIndex.build(model, tokenizer, TITLES, cache_dir=tmp_path)
+    assert not first.from_cache and first.path.is_file() and first.build_seconds > 0
+    assert first.items == sorted(TITLES, key=int) and first.embeddings.shape == (len(TITLES), 64)
+    second = ItemIndex.build(model, tokenizer, TITLES, cache_dir=tmp_path)
+    assert second.from_cache and second.path == first.path and torch.equal(second.embeddings, first.embeddings)
+    assert torch.allclose(first.embeddings, embed_texts(model, tokenizer, first.titles), atol=1e-5)
+    other = {**TITLES, "99": "Another Film (1999)"}
+    assert index_key(model, other) != index_key(model, TITLES)
+    third = ItemIndex.build(model, tokenizer, other, cache_dir=tmp_path)
+    assert not third.from_cache and third.path != first.path and len(list(tmp_path.iterdir())) == 2
