@@ -25,6 +25,7 @@ def test_nearest_items_first():
 
 def test_history_items_are_never_recommended():
     assert ground(NEAR_B, INDEX, [("b", "c")], k=3) == [["a", "d", "e"]]
+    assert ground(NEAR_B, INDEX, [("b", "c")], k=5) == [["a", "d", "e"]]  # fewer than k left: never a history item
     assert ground(NEAR_B, INDEX, [("unknown-item",)], k=1) == [["b"]]  # ids outside the index are ignored
 
 
@@ -67,9 +68,20 @@ def test_choose_pop_gamma_on_validation_users():
     ('"Heat (1995)"\n### Instruction: more', "Heat (1995)"),
     ('"Heat (19', "Heat (19"),  # cut by max_new_tokens: no closing quote
     ('"Heat (1995)\nrest', "Heat (1995)"),
-    ('Heat (1995)', "Heat (1995)"),
+    ('Heat (1995)\nmore', "Heat (1995)"),
+    ('The user has watched the following movies before: "Heat (1995)", "Casino', "Heat (1995)"),
     ('  "Tom Clancy\'s "Splinter Cell", Chaos Theory"', 'Tom Clancy\'s "Splinter Cell", Chaos Theory'),
     ('', ''),
 ])
 def test_parse_title(text, title):
     assert parse_title(text) == title
+
+
+def test_shared_prefix_layout():
+    from fellrec.evaluation.generation import prefix_layout, shared_prefix
+
+    rows = [[5, 6, 7, 8], [5, 6, 9], [5, 6, 7, 1, 2]]
+    assert shared_prefix(rows) == 2 and shared_prefix([[5, 6], [5, 6]]) == 1 and shared_prefix([[4], [4, 5]]) == 0
+    ids, mask = prefix_layout(rows, pad_id=0, shared=2)
+    assert ids.tolist() == [[5, 6, 0, 7, 8], [5, 6, 0, 0, 9], [5, 6, 7, 1, 2]]
+    assert mask.tolist() == [[1, 1, 0, 1, 1], [1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]

@@ -22,9 +22,12 @@ import torch
 
 from fellrec.data.table import Sample, natural_key
 from fellrec.errors import FellrecError
-from fellrec.evaluation.generation import (TitleTrie, eval_mode, generate_titles, language_model, left_pad,  # noqa: F401
+from fellrec.evaluation.generation import (TitleTrie, decoder, eval_mode, generate_titles, language_model, left_pad,
                                            model_device, parse_title)
 from fellrec.evaluation.metrics import mean_metrics
+
+__all__ = ["GROUNDINGS", "POP_GAMMAS", "ItemIndex", "TitleTrie", "choose_pop_gamma", "embed_texts",
+           "generate_titles", "ground", "index_key", "parse_title", "rank_scores", "title_trie"]
 
 GROUNDINGS = ("l2", "constrained")
 POP_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -34,13 +37,6 @@ _INDEX_VERSION = "1"  # bump when the embedding recipe changes, so old cache fil
 def _base_model_context(lm):
     """Adapters off (peft), or nothing to switch off (a plain Hugging Face model)."""
     return lm.disable_adapter() if hasattr(lm, "disable_adapter") else contextlib.nullcontext()
-
-
-def _decoder(lm):
-    """The decoder stack without the LM head: its last_hidden_state is BIGRec's hidden_states[-1] (after the final
-    norm), and skipping the head saves a (tokens x vocabulary) matmul per batch."""
-    causal_lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return causal_lm.get_decoder()
 
 
 @torch.no_grad()
@@ -56,13 +52,14 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, pr
     out = torch.empty((len(rows), lm.config.hidden_size), dtype=torch.float32)
     device = model_device(model)
     with eval_mode(lm), _base_model_context(lm):
-        decoder = _decoder(lm)
+        # The decoder's last_hidden_state is BIGRec's hidden_states[-1] (after the final norm); no LM head needed.
+        stack = decoder(lm)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             ids, mask = left_pad([rows[i] for i in chunk], tokenizer.pad_token_id)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             position_ids=position_ids.to(device), use_cache=False).last_hidden_state
+            hidden = stack(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=position_ids.to(device), use_cache=False).last_hidden_state
             out[chunk] = hidden[:, -1, :].float().cpu()
             if progress is not None:
                 progress.update(len(chunk))
@@ -182,11 +179,13 @@ def ground(generated_embeddings: torch.Tensor, item_index: ItemIndex, histories:
     ranked = []
     for start in range(0, len(histories), chunk_users):  # bounded memory: users x items scores per chunk
         scores = rank_scores(generated_embeddings[start:start + chunk_users], item_index, popularity, pop_gamma)
-        for row, history in enumerate(histories[start:start + chunk_users]):
-            seen = [item_index.row[i] for i in history if i in item_index.row]
-            scores[row, seen] = float("inf")
-        top = torch.argsort(scores, dim=1, stable=True)[:, :k]
-        ranked.extend([item_index.items[j] for j in row] for row in top.tolist())
+        seen = [{item_index.row[i] for i in h if i in item_index.row} for h in histories[start:start + chunk_users]]
+        for row, rows_seen in enumerate(seen):
+            scores[row, list(rows_seen)] = float("inf")
+        # k + |history| candidates are enough: dropping the history still leaves k (or every other item).
+        width = min(scores.shape[1], k + max(map(len, seen), default=0))
+        top = torch.argsort(scores, dim=1, stable=True)[:, :width].tolist()
+        ranked.extend([item_index.items[j] for j in row if j not in s][:k] for row, s in zip(top, seen))
     return ranked
 
 
