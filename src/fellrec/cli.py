@@ -18,11 +18,11 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 
 from fellrec import __version__
-from fellrec.config import DataArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
+from fellrec.config import DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
 from fellrec.errors import FellrecError
 
 SECTIONS = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs, "fed": FedArgs,
-            "train": TrainArgs, "log": LogArgs}
+            "train": TrainArgs, "log": LogArgs, "eval": EvalArgs}
 
 
 def data_stats(cfg: Namespace) -> None:
@@ -83,6 +83,24 @@ def bench_split(cfg: Namespace) -> None:
     print(json.dumps(rows, indent=2) if cfg.json else format_bench_table(rows))
 
 
+def evaluate_checkpoint(cfg: Namespace) -> None:
+    """Evaluate a checkpoint (RUN_DIR/round_NNN or RUN_DIR/best): per-client Recall/NDCG, overall, balance,
+    popularity beside them; writes results.json into the checkpoint directory."""
+    from fellrec.evaluation.checkpoint_eval import evaluate_run, format_results
+
+    results = evaluate_run(cfg, Path(cfg.ckpt))
+    print(format_results(results))
+    print(f"\nwrote {Path(cfg.ckpt) / 'results.json'}")
+
+
+def recommend_titles(cfg: Namespace) -> None:
+    """Recommend items for a history typed by hand, with one client's adapter from a checkpoint."""
+    from fellrec.evaluation.checkpoint_eval import recommend_for
+
+    for rank, (title, score) in enumerate(recommend_for(cfg, Path(cfg.ckpt), cfg.client, cfg.history, cfg.top_k), 1):
+        print(f"{rank:>3}. {title}   (distance {score:.4f})")
+
+
 def _data_stage(cfg: Namespace):
     from fellrec.data.partition import partition_users
     from fellrec.data.pipeline import load_data, resolved_split
@@ -93,7 +111,8 @@ def _data_stage(cfg: Namespace):
     return compute_stats(data, partition, resolved_split(cfg.data)), data, partition
 
 
-COMMANDS = {"fit": fit, "data": {"stats": data_stats, "preview": data_preview}, "bench": {"split": bench_split}}
+COMMANDS = {"fit": fit, "test": evaluate_checkpoint, "recommend": recommend_titles,
+            "data": {"stats": data_stats, "preview": data_preview}, "bench": {"split": bench_split}}
 
 
 def _summary(func) -> str:
@@ -113,6 +132,14 @@ def _command_parser(func, prog: str) -> ArgumentParser:
                                  "config is read first; options given here override it).")
         parser.add_argument("--keep_checkpoints", type=int, default=3,
                             help="Round checkpoints kept on disk (the newest ones); best adapters are kept apart.")
+    if func in (evaluate_checkpoint, recommend_titles):
+        parser.add_argument("--ckpt", type=str, required=True,
+                            help="A round checkpoint (RUN_DIR/round_NNN) or RUN_DIR/best; the run's config is read "
+                                 "first, options given here override it.")
+    if func is recommend_titles:
+        parser.add_argument("--client", type=int, required=True, help="Whose adapter recommends.")
+        parser.add_argument("--history", type=str, required=True, nargs="+", help="Item titles, oldest first.")
+        parser.add_argument("--top-k", dest="top_k", type=int, default=10, help="How many items to list.")
     if func in (data_stats, bench_split):
         parser.add_argument("--json", type=bool, default=False, help="Print the result as JSON.")
     if func is bench_split:
@@ -169,14 +196,16 @@ def resolved_config_yaml(cfg: Namespace) -> str:
     return yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False)
 
 
-def _with_resumed_config(args: list[str]) -> list[str]:
-    """`--resume RUN_DIR` reads RUN_DIR/config.yaml first, so the run continues with the settings it had."""
+def _with_run_config(args: list[str]) -> list[str]:
+    """`--resume RUN_DIR` and `--ckpt RUN_DIR/CKPT` read the run's saved config.yaml first, so the run continues (or
+    is evaluated) with the settings it had; options given on the command line still override it."""
     for flag, value in zip(args, args[1:] + [""]):
-        if flag == "--resume" or flag.startswith("--resume="):
-            run_dir = Path(value if flag == "--resume" else flag.split("=", 1)[1])
-            saved = run_dir / "config.yaml"
+        name, _, inline = flag.partition("=")
+        if name in ("--resume", "--ckpt"):
+            target = Path(inline or value)
+            saved = (target if name == "--resume" else target.parent) / "config.yaml"
             if not saved.is_file():
-                print(f"fellrec: error: {saved}: no saved config to resume from", file=sys.stderr)
+                print(f"fellrec: error: {saved}: no saved run config", file=sys.stderr)
                 sys.exit(1)
             return ["--config", str(saved), *args]
     return args
@@ -185,7 +214,7 @@ def _with_resumed_config(args: list[str]) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     path, func, rest = _find_command(sys.argv[1:] if argv is None else list(argv))
-    rest = _with_resumed_config(rest) if func is fit else rest
+    rest = _with_run_config(rest)
     parser = _command_parser(func, prog=f"fellrec {' '.join(path)}")
     cfg = parser.instantiate(parser.parse_args(rest))
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:

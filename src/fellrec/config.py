@@ -199,3 +199,23 @@ class LogArgs:
     """W&B mode: offline runs write to RUN_DIR/wandb and make no network connection."""
     project: str = "fellrec"
     """W&B project."""
+
+
+@dataclass
+class EvalArgs:
+    """Ranking evaluation (BIGRec grounding) by `fellrec test` and `fellrec recommend`."""
+
+    num_beams: int = 4
+    """Beam search width of the title generation (1: greedy)."""
+    max_new_tokens: int = 24
+    """Longest generated title, in tokens."""
+    batch_size: int = 16
+    """Users generated together."""
+    grounding: Literal["l2", "constrained"] = "l2"
+    """l2: nearest item titles to the generated text (BIGRec); constrained: beam search limited to real titles."""
+    popularity_aware: bool = False
+    """BIGRec's popularity-aware grounding, its exponent chosen on validation users only."""
+    users_per_client: Optional[int] = None
+    """Evaluate this many test users per client, drawn with `seed` (null: all)."""
+    seed: int = 42
+    """Seed of the user sample."""

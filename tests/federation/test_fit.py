@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -159,3 +160,30 @@ def test_ctrl_c_keeps_the_last_complete_round(tmp_path):
     assert process.returncode == 130 and "--resume" in output
     assert (run_dir / "round_000" / "state.pt").is_file()
     assert adapters(run_dir / "round_000")  # complete and readable
+
+
+def test_test_command_writes_results_json(reference):
+    result = subprocess.run([sys.executable, "-m", "fellrec", "test", "--ckpt", str(reference / "round_002"),
+                             "--eval.users_per_client", "2", "--eval.num_beams", "2", "--eval.max_new_tokens", "6"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((reference / "round_002" / "results.json").read_text())
+    assert {"overall", "clients", "balance", "popularity"} <= set(results)
+    assert [c["users"] for c in results["clients"]] == [2, 2, 2]
+    assert all(0 <= c[m] <= 1 for c in results["clients"] for m in ("recall@10", "ndcg@10", "hr@10"))
+    assert set(results["balance"]["ndcg@10"]) == {"std", "min", "max_minus_min", "cv"}
+    assert "ndcg@10" in results["popularity"] and "pop ndcg@10" in result.stdout
+
+
+def test_recommend_returns_real_titles(reference):
+    from fellrec.config import DataArgs
+    from fellrec.data.pipeline import load_data
+
+    result = subprocess.run([sys.executable, "-m", "fellrec", "recommend", "--ckpt", str(reference / "best"),
+                             "--client", "1", "--history", "Toy Story (1995)", "Heat (1995)", "--top-k", "5",
+                             "--eval.num_beams", "2", "--eval.max_new_tokens", "6"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    titles = [line.split(". ", 1)[1].rsplit("   (distance", 1)[0] for line in result.stdout.splitlines()]
+    assert len(titles) == 5 and set(titles) <= set(load_data(DataArgs()).titles.values())
+    assert "Toy Story (1995)" not in titles and "Heat (1995)" not in titles

@@ -1,0 +1,97 @@
+"""`fellrec test` and `fellrec recommend`: load a run's checkpoint (every client's adapter) and evaluate or
+recommend with it."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from fellrec.data.prompts import PromptStyle
+from fellrec.errors import FellrecError
+
+
+def adapter_dir(ckpt: Path, client: int) -> Path:
+    """A round checkpoint keeps adapters under adapters/, RUN_DIR/best directly."""
+    for candidate in (ckpt / "adapters" / f"client_{client}", ckpt / f"client_{client}"):
+        if candidate.is_dir():
+            return candidate
+    raise FellrecError(f"no adapter for client {client} in the checkpoint", ckpt)
+
+
+def _load(cfg, ckpt: Path):
+    """Data, partition, the split model with every client's adapter from `ckpt`, tokenizer and the item index."""
+    from fellrec.data.partition import partition_users
+    from fellrec.data.pipeline import load_data
+    from fellrec.evaluation.grounding import ItemIndex
+    from fellrec.model.adapters import AdapterStore
+    from fellrec.model.loading import cache_root, load_tokenizer
+    from fellrec.model.split import SplitModel
+
+    if not ckpt.is_dir():
+        raise FellrecError("checkpoint directory not found", ckpt)
+    data = load_data(cfg.data)
+    partition = partition_users(data, cfg.partition)
+    model = SplitModel(cfg.model, cfg.split)
+    store = AdapterStore(model)
+    for client in range(partition.num_clients):
+        store.load(client, adapter_dir(ckpt, client))
+    tokenizer = load_tokenizer(cfg.model)
+    index = ItemIndex.build(model, tokenizer, data.titles, cache_dir=cache_root() / "item-index")
+    return data, partition, model, store, tokenizer, index
+
+
+def evaluate_run(cfg, ckpt: Path) -> dict:
+    from fellrec.evaluation.evaluate import client_samples, evaluate_clients, tune_pop_gamma
+
+    data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
+    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
+    ev = cfg.eval
+    samples = {c: _sample(s, ev.users_per_client, ev.seed + c) for c, s in client_samples(partition, data.test).items()}
+    options = dict(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens, grounding=ev.grounding,
+                   batch_size=ev.batch_size)
+    pop_gamma = 0.0
+    if ev.popularity_aware:
+        pop_gamma, _ = tune_pop_gamma(model, store, tokenizer, data, partition, style, index, **options)
+    results = evaluate_clients(model, store, tokenizer, data, partition, samples, style, item_index=index,
+                               pop_gamma=pop_gamma, **options)
+    results["checkpoint"] = str(ckpt)
+    (ckpt / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _sample(samples: list, n, seed: int) -> list:
+    if n is None or n >= len(samples):
+        return samples
+    return [samples[i] for i in sorted(random.Random(seed).sample(range(len(samples)), n))]
+
+
+def recommend_for(cfg, ckpt: Path, client: int, history: list[str], top_k: int) -> list[tuple[str, float]]:
+    from fellrec.evaluation.recommend import recommend
+
+    data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
+    if not 0 <= client < partition.num_clients:
+        raise FellrecError(f"--client must be in 0..{partition.num_clients - 1}, got {client}")
+    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
+    return recommend(model, store, tokenizer, index, client, history, top_k, style, cfg.eval.num_beams,
+                     cfg.eval.max_new_tokens, cfg.eval.grounding)
+
+
+def format_results(results: dict, metrics: tuple[str, ...] = ("recall@10", "ndcg@10", "hr@10")) -> str:
+    """The per-client console table, overall, popularity beside it, and the balance figures."""
+    popular = {row["client"]: row for row in results["popularity_clients"]}
+    head = f"{'client':>8} {'users':>6} " + " ".join(f"{m:>10}" for m in metrics) + f" {'pop ndcg@10':>12}"
+    lines = [head]
+    for row in results["clients"]:
+        lines.append(f"{row['client']:>8} {row['users']:>6} " + " ".join(f"{row[m]:>10.4f}" for m in metrics)
+                     + f" {popular[row['client']]['ndcg@10']:>12.4f}")
+    users = sum(row["users"] for row in results["clients"])
+    lines.append(f"{'overall':>8} {users:>6} " + " ".join(f"{results['overall'][m]:>10.4f}" for m in metrics)
+                 + f" {results['popularity']['ndcg@10']:>12.4f}")
+    b = results["balance"]["ndcg@10"]
+    lines.append(f"balance of ndcg@10 across clients: std {b['std']:.4f}, worst client {b['min']:.4f}, "
+                 f"max - min {b['max_minus_min']:.4f}, cv {b['cv']:.3f}")
+    speed = results["speed"]
+    lines.append(f"speed: {speed['users_per_second']:.2f} users/s; item embeddings "
+                 f"{speed['item_embedding_seconds']:.1f} s{' (cached)' if speed['item_index_cached'] else ''}")
+    return "\n".join(lines)
