@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fellrec.config import DataArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
+from fellrec.config import DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
 from fellrec.errors import FellrecError
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
 from fellrec.federation.clients import build_client_data
@@ -42,6 +42,7 @@ class RunConfig:
     fed: FedArgs
     train: TrainArgs
     log: LogArgs
+    eval: EvalArgs = field(default_factory=EvalArgs)
     keep_checkpoints: int = 3
 
 
