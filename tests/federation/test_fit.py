@@ -173,6 +173,7 @@ def test_test_command_writes_results_json(reference):
     assert all(0 <= c[m] <= 1 for c in results["clients"] for m in ("recall@10", "ndcg@10", "hr@10"))
     assert set(results["balance"]["ndcg@10"]) == {"std", "min", "max_minus_min", "cv"}
     assert "ndcg@10" in results["popularity"] and "pop ndcg@10" in result.stdout
+    assert (reference / "round_002" / "clients_ndcg10.png").stat().st_size > 5_000
 
 
 def test_recommend_returns_real_titles(reference):

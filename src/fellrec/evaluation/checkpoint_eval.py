@@ -43,6 +43,7 @@ def _load(cfg, ckpt: Path):
 
 def evaluate_run(cfg, ckpt: Path) -> dict:
     from fellrec.evaluation.evaluate import client_samples, evaluate_clients, tune_pop_gamma
+    from fellrec.reporting.plots import plot_client_bars
 
     data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
     style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
@@ -57,6 +58,7 @@ def evaluate_run(cfg, ckpt: Path) -> dict:
                                pop_gamma=pop_gamma, **options)
     results["checkpoint"] = str(ckpt)
     (ckpt / "results.json").write_text(json.dumps(results, indent=2))
+    plot_client_bars(results, "ndcg@10", ckpt / "clients_ndcg10.png")
     return results
 
 

@@ -57,7 +57,8 @@ def plot_client_bars(results: dict, metric: str, path: Path) -> Path:
     """One metric per client, the popularity ranking beside it (never hidden)."""
     clients = [c["client"] for c in results["clients"]]
     model = [c[metric] for c in results["clients"]]
-    popular = [results["popularity"]["clients"][i][metric] for i in range(len(clients))]
+    popular_by_client = {row["client"]: row[metric] for row in results["popularity_clients"]}
+    popular = [popular_by_client[c] for c in clients]
     fig, ax = plt.subplots(figsize=(max(5, len(clients)), 4))
     x = range(len(clients))
     ax.bar([i - 0.2 for i in x], model, width=0.4, label="fellrec")
