@@ -43,10 +43,11 @@ def resolved_split(args: DataArgs) -> str:
     return args.split or ("global_time" if args.source == "amazon2018" else "leave_one_out")
 
 
-def sample_subset(samples: list[Sample], n: int | None, seed: int, key: str, notes: list[str]) -> list[Sample]:
+def sample_subset(samples: list[Sample], n: int | None, seed: int, key: str,
+                  notes: list[str] | None = None) -> list[Sample]:
     """`n` samples drawn without replacement (kept in their original order), or all of them when n is None."""
     if n is None or n >= len(samples):
-        if n is not None:
+        if n is not None and notes is not None:
             notes.append(f"{key}={n} asks for more than the {len(samples)} available: all are kept")
         return samples
     if n < 1:

@@ -4,7 +4,6 @@ recommend with it."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from fellrec.data.prompts import PromptStyle
@@ -42,13 +41,15 @@ def _load(cfg, ckpt: Path):
 
 
 def evaluate_run(cfg, ckpt: Path) -> dict:
+    from fellrec.data.pipeline import sample_subset
     from fellrec.evaluation.evaluate import client_samples, evaluate_clients, tune_pop_gamma
     from fellrec.reporting.plots import plot_client_bars
 
     data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
     style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
     ev = cfg.eval
-    samples = {c: _sample(s, ev.users_per_client, ev.seed + c) for c, s in client_samples(partition, data.test).items()}
+    samples = {c: sample_subset(s, ev.users_per_client, ev.seed + c, "eval.users_per_client")
+               for c, s in client_samples(partition, data.test).items()}
     options = dict(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens, grounding=ev.grounding,
                    batch_size=ev.batch_size)
     pop_gamma = 0.0
@@ -60,12 +61,6 @@ def evaluate_run(cfg, ckpt: Path) -> dict:
     (ckpt / "results.json").write_text(json.dumps(results, indent=2))
     plot_client_bars(results, "ndcg@10", ckpt / "clients_ndcg10.png")
     return results
-
-
-def _sample(samples: list, n, seed: int) -> list:
-    if n is None or n >= len(samples):
-        return samples
-    return [samples[i] for i in sorted(random.Random(seed).sample(range(len(samples)), n))]
 
 
 def recommend_for(cfg, ckpt: Path, client: int, history: list[str], top_k: int) -> list[tuple[str, float]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from fellrec.config import DataArgs, ModelArgs, TrainArgs
 from fellrec.data.collate import Encoded, encode
 from fellrec.data.partition import Partition
+from fellrec.data.pipeline import sample_subset
 from fellrec.data.prompts import PromptStyle, render
 from fellrec.data.table import RecData, Sample
 
@@ -37,11 +37,8 @@ def build_client_data(data: RecData, partition: Partition, tokenizer, data_args:
         train_parts = [data.train] + [[] for _ in train_parts[1:]]
     out = {}
     for client in range(partition.num_clients):
-        valid = valid_parts[client]
-        cap = train_args.val_samples_per_client
-        if cap is not None and len(valid) > cap:
-            keep = sorted(random.Random(train_args.seed * 1000 + client).sample(range(len(valid)), cap))
-            valid = [valid[i] for i in keep]
+        valid = sample_subset(valid_parts[client], train_args.val_samples_per_client, train_args.seed * 1000 + client,
+                              "train.val_samples_per_client")
         train = encode_samples(train_parts[client], data, style, tokenizer, model_args.max_length,
                                train_args.train_on_inputs)
         out[client] = ClientData(client, train,
