@@ -18,11 +18,12 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 
 from fellrec import __version__
-from fellrec.config import DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
+from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, PrivacyArgs, SplitArgs,
+                            TrainArgs)
 from fellrec.errors import FellrecError
 
 SECTIONS = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs, "fed": FedArgs,
-            "train": TrainArgs, "log": LogArgs, "eval": EvalArgs}
+            "train": TrainArgs, "log": LogArgs, "eval": EvalArgs, "privacy": PrivacyArgs}
 
 
 def data_stats(cfg: Namespace) -> None:
@@ -101,6 +102,29 @@ def recommend_titles(cfg: Namespace) -> None:
         print(f"{rank:>3}. {title}   (distance {score:.4f})")
 
 
+def privacy_audit(cfg: Namespace) -> None:
+    """Audit the split's privacy: token and title recovery from the hidden states h_k the server receives, per k."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from fellrec.privacy.audit import dataset_name, run_audit
+    from fellrec.privacy.report import command_line, format_table, git_commit, machine, write_report
+
+    start = time.perf_counter()
+    result = run_audit(cfg.data, cfg.partition, cfg.model, cfg.head_layers, cfg.victim_client, cfg.max_titles,
+                       cfg.epochs, cfg.seed, progress=tqdm)
+    result.update(command=command_line(), git_commit=git_commit(Path(__file__).parent), machine=machine(),
+                  wall_s=time.perf_counter() - start)
+    out = Path(cfg.out) if cfg.out else Path("experiments/results") / dataset_name(cfg.data)
+    paths = write_report(result, out)
+    print(format_table(result["rows"]))
+    print(f"\npublic text: {result['public_text']}")
+    print(f"victim: {result['victim_titles']} titles, {result['victim_tokens']} tokens; "
+          f"wall time {result['wall_s']:.0f} s")
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _data_stage(cfg: Namespace):
     from fellrec.data.partition import partition_users
     from fellrec.data.pipeline import load_data, resolved_split
@@ -112,7 +136,8 @@ def _data_stage(cfg: Namespace):
 
 
 COMMANDS = {"fit": fit, "test": evaluate_checkpoint, "recommend": recommend_titles,
-            "data": {"stats": data_stats, "preview": data_preview}, "bench": {"split": bench_split}}
+            "data": {"stats": data_stats, "preview": data_preview}, "bench": {"split": bench_split},
+            "audit": privacy_audit}
 
 
 def _summary(func) -> str:
@@ -147,6 +172,16 @@ def _command_parser(func, prog: str) -> ArgumentParser:
         parser.add_argument("--batch_size", type=int, default=4, help="Samples per benchmark step.")
         parser.add_argument("--seq_len", type=int, default=64, help="Tokens per sample.")
         parser.add_argument("--repeats", type=int, default=7, help="Timed steps per arm (medians are kept).")
+    if func is privacy_audit:
+        parser.add_argument("--head-layers", dest="head_layers", type=int, nargs="+", default=[0, 1, 2, 4, 8],
+                            help="Head depths k to audit (each below the model's number of decoder layers).")
+        parser.add_argument("--victim_client", type=int, default=0, help="Whose prompts the server tries to read.")
+        parser.add_argument("--max_titles", type=int, default=300,
+                            help="Most victim title occurrences, and most public titles, drawn with --seed.")
+        parser.add_argument("--epochs", type=int, default=10, help="Training epochs of the learned inverters.")
+        parser.add_argument("--seed", type=int, default=42, help="Seed of the text samples and the inverters.")
+        parser.add_argument("--out", type=Optional[str], default=None,
+                            help="Output directory (default experiments/results/DATASET, e.g. .../ml100k).")
     if func is data_preview:
         parser.add_argument("--split_name", type=Literal["train", "valid", "test"], default="train",
                             help="Which split to show.")

@@ -203,7 +203,8 @@ class LogArgs:
 
 @dataclass
 class EvalArgs:
-    """Ranking evaluation (BIGRec grounding) by `fellrec test` and `fellrec recommend`."""
+    """Ranking evaluation (BIGRec grounding): at the end of `fellrec fit`, each round when asked, by `fellrec test`
+    and by `fellrec recommend`."""
 
     num_beams: int = 4
     """Beam search width of the title generation (1: greedy)."""
@@ -218,4 +219,21 @@ class EvalArgs:
     users_per_client: Optional[int] = None
     """Evaluate this many test users per client, drawn with `seed` (null: all)."""
     seed: int = 42
-    """Seed of the user sample."""
+    """Seed of the user samples."""
+    final: bool = True
+    """`fellrec fit` ends by evaluating every client's best adapter on its test users (results.json in the run)."""
+    per_round: bool = False
+    """Also rank each client's validation users after every round (logged per client; always on when fed.signal is
+    recall or ndcg, which feed the balance strategy)."""
+    val_users_per_client: int = 8
+    """Validation users per client ranked in each round by the per-round evaluation."""
+
+
+@dataclass
+class PrivacyArgs:
+    """Optional protection of the adapter updates a client uploads (clipping and Gaussian noise, as DP-FedAvg)."""
+
+    clip_norm: Optional[float] = None
+    """Clip the L2 norm of each client's adapter update (new - start of round) to this value (null: no clipping)."""
+    noise_multiplier: float = 0.0
+    """Add Gaussian noise with std noise_multiplier x clip_norm to every coordinate of the clipped update."""

@@ -43,6 +43,7 @@ def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     result = fit(*TINY, "--out_dir", str(out), "--fed.rounds", "3")
     assert result.returncode == 0, result.stderr[-3000:]
+    (out / "stdout.txt").write_text(result.stdout)
     return out / "tiny"
 
 
@@ -69,6 +70,48 @@ def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
     assert a.abs().sum() > 0 and not torch.equal(a, b)  # trained, and personalised per client
     assert (reference / "best" / "client_0" / "server_side" / "adapter_model.safetensors").is_file()
     assert (reference / "rounds.png").stat().st_size > 10_000 and (reference / "weights.png").is_file()
+
+
+def test_fit_ends_with_the_test_evaluation_of_the_best_adapters(reference):
+    results = json.loads((reference / "results.json").read_text())
+    assert {"overall", "clients", "balance", "popularity"} <= set(results)
+    assert [(c["client"], c["users"]) for c in results["clients"]] == [(0, 4), (1, 4), (2, 4)]  # eval.users_per_client
+    assert all(0 <= c[m] <= 1 for c in results["clients"] for m in ("recall@10", "ndcg@10", "mrr@10"))
+    best = json.loads((reference / "best" / "best.json").read_text())["best_round"]
+    assert results["best_round"] == best and results["speed"]["users_per_second"] > 0
+    assert [int(r["client"]) for r in rows(reference / "results.csv")] == [0, 1, 2]
+    assert "popularity_ndcg@10" in rows(reference / "results.csv")[0]
+    assert (reference / "clients_ndcg10.png").stat().st_size > 5_000
+    stdout = (reference.parent / "stdout.txt").read_text()
+    assert "pop ndcg@10" in stdout and "balance of ndcg@10" in stdout and "users/s" in stdout
+
+
+def test_ranking_signal_drives_the_heating_and_is_logged_each_round(tmp_path):
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "2", "--fed.signal", "ndcg", "--eval.final",
+                 "false", "--eval.val_users_per_client", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "tiny"
+    metrics = rows(run_dir / "metrics.csv")
+    assert len(metrics) == 6
+    for r in metrics:
+        assert 0 <= float(r["val_ndcg@10"]) <= 1 and 0 <= float(r["val_recall@10"]) <= 1
+        assert 0 < float(r["gamma"]) <= 1
+    assert all(r["val_ndcg@10_std"] != "" for r in rows(run_dir / "rounds.csv"))
+    assert not (run_dir / "results.json").exists()  # eval.final false
+
+
+def test_update_clipping_bounds_every_uploaded_update(reference, tmp_path):
+    # LoRA B starts at zero, so its norm after one round is at most the norm of the whole (clipped) update.
+    def b_norm(round_dir: Path, client: int) -> float:
+        return sum(float(t.pow(2).sum()) for name, t in adapters(round_dir).items()
+                   if name.startswith(f"client_{client}/") and "lora_B" in name) ** 0.5
+
+    result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "1", "--fed.strategy", "local",
+                 "--privacy.clip_norm", "1e-4", "--eval.final", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for c in range(3):
+        assert 0 < b_norm(tmp_path / "tiny" / "round_000", c) <= 1e-4 * (1 + 1e-4)
+        assert b_norm(reference / "round_000", c) > 1e-3  # without clipping the same training moves it further
 
 
 def test_fedavg_gives_every_client_the_same_adapter(tmp_path):
@@ -118,6 +161,9 @@ def test_wandb_offline_run_and_saved_config(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "tiny"
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/test/clients_*.table.json"))
+    assert tables and json.loads(tables[0].read_text())["columns"][-1] == "popularity ndcg@10"
+    assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/plots/weights_*.png"))
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["fed"]["strategy"] == "local" and saved["model"]["name"] == "tiny-llama"
     assert "gamma" in rows(run_dir / "metrics.csv")[0]

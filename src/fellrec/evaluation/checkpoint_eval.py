@@ -41,26 +41,47 @@ def _load(cfg, ckpt: Path):
 
 
 def evaluate_run(cfg, ckpt: Path) -> dict:
+    data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
+    results = test_clients(cfg.eval, PromptStyle(cfg.data.item_noun, cfg.data.item_verb), model, store, tokenizer,
+                           data, partition, index, ckpt)
+    results["checkpoint"] = str(ckpt)
+    write_results(results, ckpt)
+    return results
+
+
+def test_clients(ev, style: PromptStyle, model, store, tokenizer, data, partition, index, out_dir: Path,
+                 progress: bool = True) -> dict:
+    """Every client's current adapter on (a seeded sample of) its test users, popularity beside it; the PNG of
+    per-client NDCG@10 goes to `out_dir`."""
     from fellrec.data.pipeline import sample_subset
     from fellrec.evaluation.evaluate import client_samples, evaluate_clients, tune_pop_gamma
     from fellrec.reporting.plots import plot_client_bars
 
-    data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
-    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
-    ev = cfg.eval
     samples = {c: sample_subset(s, ev.users_per_client, ev.seed + c, "eval.users_per_client")
                for c, s in client_samples(partition, data.test).items()}
     options = dict(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens, grounding=ev.grounding,
-                   batch_size=ev.batch_size)
+                   batch_size=ev.batch_size, progress=progress)
     pop_gamma = 0.0
     if ev.popularity_aware:
         pop_gamma, _ = tune_pop_gamma(model, store, tokenizer, data, partition, style, index, **options)
     results = evaluate_clients(model, store, tokenizer, data, partition, samples, style, item_index=index,
                                pop_gamma=pop_gamma, **options)
-    results["checkpoint"] = str(ckpt)
-    (ckpt / "results.json").write_text(json.dumps(results, indent=2))
-    plot_client_bars(results, "ndcg@10", ckpt / "clients_ndcg10.png")
+    plot_client_bars(results, "ndcg@10", out_dir / "clients_ndcg10.png")
     return results
+
+
+def write_results(results: dict, out_dir: Path) -> None:
+    """results.json (keys overall, clients, balance, popularity, ...) and results.csv (one row per client)."""
+    import csv
+
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    popular = {row["client"]: row for row in results["popularity_clients"]}
+    rows = [{**row, **{f"popularity_{k}": v for k, v in popular[row["client"]].items() if k not in ("client", "users")}}
+            for row in results["clients"]]
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def recommend_for(cfg, ckpt: Path, client: int, history: list[str], top_k: int) -> list[tuple[str, float]]:

@@ -50,10 +50,9 @@ def make_fabric(cfg: RunConfig):
 
 
 def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
-    """Run the federated training; returns the number of the last completed round."""
+    """Run the federated training, then evaluate the best adapters; returns the last completed round."""
     fabric = make_fabric(cfg)
     fabric.launch()
-    from fellrec.reporting.plots import plot_rounds, plot_weights
     from fellrec.reporting.round_log import RoundLog
 
     federation = Federation(cfg, fabric, run_dir)
@@ -62,6 +61,18 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
     if federation.is_main:
         federation.round_log = RoundLog(run_dir, cfg.log.wandb, cfg.log.project, cfg.name, config_dict)
         federation.round_log.truncate_after(federation.start_round - 1)
+    try:
+        last = run_rounds(federation, cfg, run_dir)
+        if federation.is_main and last >= 0:
+            report(federation, cfg, run_dir)
+        fabric.barrier()  # the other processes wait for rank 0's evaluation
+    finally:
+        if federation.is_main:
+            federation.round_log.close()
+    return last
+
+
+def run_rounds(federation: Federation, cfg: RunConfig, run_dir: Path) -> int:
     bars = Bars(cfg.fed.rounds, federation.start_round, federation.is_main and sys.stderr is not None)
     last = federation.start_round - 1
     try:
@@ -74,9 +85,6 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
                     tqdm.write(f"early stop after round {round_idx}: no gain in the mean validation loss for "
                                f"{cfg.fed.patience} rounds", file=sys.stderr)
                 break
-        if federation.is_main and last >= 0:
-            plots = [plot_rounds(run_dir), plot_weights(run_dir)]
-            federation.round_log.log_images([p for p in plots if p is not None])
     except KeyboardInterrupt:
         if federation.is_main:
             tqdm.write(f"\ninterrupted: round checkpoints up to round {last} are complete; continue with "
@@ -84,6 +92,19 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
         raise
     finally:
         bars.close()
-        if federation.is_main:
-            federation.round_log.close()
     return last
+
+
+def report(federation: Federation, cfg: RunConfig, run_dir: Path) -> None:
+    """The final evaluation (console table, results.json/csv, W&B table and bar chart) and the PNG plots."""
+    from fellrec.evaluation.checkpoint_eval import format_results
+    from fellrec.reporting.plots import plot_rounds, plot_weights
+
+    plots = [plot_rounds(run_dir), plot_weights(run_dir)]
+    if cfg.eval.final:
+        results = federation.evaluate_best()
+        print(f"\ntest users, each client with its best adapter (rounds {results['best_round']}):")
+        print(format_results(results), flush=True)
+        federation.round_log.log_results(results)
+        plots.append(run_dir / "clients_ndcg10.png")
+    federation.round_log.log_images([p for p in plots if p is not None])

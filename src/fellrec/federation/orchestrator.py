@@ -1,8 +1,9 @@
 """Federated rounds driven by Lightning Fabric (METHOD.md §3).
 
-Each round: sample clients, train each sampled client locally through its split model, gather the adapters on
-every rank, aggregate with the strategy (one frozen snapshot: Jacobi order), validate every client, keep each
-client's best adapter, log, checkpoint. Clients are spread over Fabric's processes; every rank holds the same
+Each round: sample clients, train each sampled client locally through its split model (optionally clipping and
+noising its update), gather the adapters on every rank, aggregate with the strategy (one frozen snapshot: Jacobi
+order), validate every client (loss, and ranking metrics when asked), keep each client's best adapter, log,
+checkpoint. After the last round the best adapters are evaluated on the test users. Clients are spread over Fabric's processes; every rank holds the same
 adapters after each round, and each client trains with its own (round, client) seed, so the result does not depend on
 the number of processes.
 """
@@ -21,11 +22,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fellrec.config import DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
+from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, PrivacyArgs, SplitArgs,
+                            TrainArgs)
+from fellrec.data.prompts import PromptStyle
 from fellrec.errors import FellrecError
+from fellrec.evaluation.metrics import balance
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
 from fellrec.federation.clients import build_client_data
 from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
+from fellrec.federation.protection import protect_update
 from fellrec.files import write_atomically
 
 
@@ -43,6 +48,7 @@ class RunConfig:
     train: TrainArgs
     log: LogArgs
     eval: EvalArgs = field(default_factory=EvalArgs)
+    privacy: PrivacyArgs = field(default_factory=PrivacyArgs)
     keep_checkpoints: int = 3
 
 
@@ -105,9 +111,10 @@ class Federation:
                 self.warn(f"client {c} has no training data: it is skipped in every round")
         if not self.trainable:
             raise FellrecError("no client has training data")
-        if cfg.fed.strategy == "fellrec" and cfg.fed.heating and cfg.fed.signal in ("recall", "ndcg"):
-            raise FellrecError(f"fed.signal={cfg.fed.signal} needs per-round ranking evaluation, which is not "
-                               "built yet: use train_loss or val_loss")
+        self.style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
+        self._item_index = None
+        self.ranking_signal = cfg.fed.strategy == "fellrec" and cfg.fed.signal in ("recall", "ndcg")
+        self.round_eval = self.round_evaluator() if self.ranking_signal or cfg.eval.per_round else None
         self.tracker = Tracker()
         self.optimizer_states: dict[int, dict] = {}
         self.start_round = 0
@@ -148,6 +155,29 @@ class Federation:
     def autocast(self):
         return self.fabric.autocast()
 
+    def item_index(self):
+        """The base model's item-title embeddings, built once (and cached on disk across runs)."""
+        if self._item_index is None:
+            from fellrec.evaluation.grounding import ItemIndex
+            from fellrec.model.loading import cache_root
+
+            with tqdm(total=len(self.data.titles), desc="embedding item titles", unit="item", leave=False,
+                      disable=not self.is_main) as bar:
+                self._item_index = ItemIndex.build(self.model, self.tokenizer, self.data.titles,
+                                                   cache_dir=cache_root() / "item-index", progress=bar)
+        return self._item_index
+
+    def round_evaluator(self):
+        from fellrec.evaluation.round_eval import RoundEvaluator
+
+        evaluator = RoundEvaluator(self.model, self.store, self.tokenizer, self.data, self.partition, self.style,
+                                   self.cfg.eval, self.item_index())
+        blind = [c for c in self.trainable if not evaluator.has_users(c)]
+        if self.ranking_signal and blind:
+            raise FellrecError(f"fed.signal={self.cfg.fed.signal} ranks each client's validation users, but clients "
+                               f"{blind} have none: use train_loss or val_loss")
+        return evaluator
+
     # ----- one round ----------------------------------------------------------------------------------------------
     def train_one(self, client: int, round_idx: int, progress) -> tuple[LocalResult, dict, Optional[float]]:
         sides = self.store.activate(client)
@@ -167,12 +197,23 @@ class Federation:
             result.diverged = True  # finite losses, but the step itself blew the adapter up
         if not result.diverged:
             self.store.capture(client)
-            if self.cfg.fed.signal == "val_loss":
-                val = self.validate_client(client)
+            privacy = self.cfg.privacy
+            self.store.set_state(client, protect_update(start, self.store.state(client), privacy.clip_norm,
+                                                        privacy.noise_multiplier, round_seed(self.cfg.train.seed,
+                                                                                             round_idx, client)))
+            val = self.client_signal(client)
         state = {n: t.cpu() for n, t in self.store.state(client).items()} if not result.diverged else {}
         if result.diverged:
             self.store.set_state(client, start)  # discard: the client keeps its adapter from before the round
         return result, {"state": state, "optimizer": _cpu(opt_state)}, val
+
+    def client_signal(self, client: int) -> Optional[float]:
+        """The freshly trained adapter's validation signal when the balance strategy asks for one."""
+        if self.cfg.fed.signal == "val_loss":
+            return self.validate_client(client)
+        if self.ranking_signal:
+            return self.round_eval.metrics(client)[f"{self.cfg.fed.signal}@10"]
+        return None
 
     def validate_client(self, client: int) -> float:
         sides = self.store.activate(client)
@@ -205,19 +246,23 @@ class Federation:
         if ok:
             weights = self.aggregate(round_idx, ok, results)
         val = self.gather({c: self.validate_client(c) for c in self.mine(self.ids)})
+        ranking = {}
+        if self.round_eval is not None:  # eval.per_round, or a ranking signal
+            ranking = self.gather({c: self.round_eval.metrics(c) for c in self.mine(self.ids)})
         improved, mean = self.tracker.update(round_idx, val, {c: len(self.clients[c].valid) for c in self.ids})
         stop = (round_idx + 1 >= self.cfg.fed.min_rounds
                 and self.tracker.rounds_without_gain >= self.cfg.fed.patience)
         if self.is_main:
             self.save_best(improved)
-            self.log(round_idx, sampled, results, val, weights, ok, mean, time.perf_counter() - started, stop)
+            self.log(round_idx, sampled, results, val, ranking, weights, ok, mean, time.perf_counter() - started,
+                     stop)
             self.checkpoint(round_idx)
         self.fabric.barrier()
         return stop
 
     def aggregate(self, round_idx: int, participants: list[int], results: dict) -> Optional[list[list[float]]]:
         signals = {c: results[c][0].train_loss for c in participants}
-        if self.cfg.fed.signal == "val_loss":
+        if self.cfg.fed.signal == "val_loss" or self.ranking_signal:
             signals = {c: results[c][2] for c in participants}
         states = {c: self.store.state(c) for c in self.ids}
         num_samples = {c: len(self.clients[c].train) for c in participants}
@@ -236,7 +281,7 @@ class Federation:
         (self.run_dir / "best" / "best.json").write_text(json.dumps(
             {"best_round": self.tracker.best_round, "best_val_loss": self.tracker.best_val}, indent=2))
 
-    def log(self, round_idx, sampled, results, val, weights, ok, mean, seconds, stop) -> None:
+    def log(self, round_idx, sampled, results, val, ranking, weights, ok, mean, seconds, stop) -> None:
         gammas = getattr(self.strategy, "last_gammas", {}) or {}
         rows = []
         for c in self.ids:
@@ -251,12 +296,32 @@ class Federation:
                 "adapter_bytes_uploaded": _nbytes(self.store.client_state(c)) if c in ok else 0,
                 "diverged": int(bool(result and result.diverged)),
                 "seconds": round(results[c][3], 3) if c in results else "",
+                **{f"val_{name}": value for name, value in ranking.get(c, {}).items()},
             })
         round_row = {"round": round_idx, "mean_val_loss": mean, "best_mean_val_loss": self.tracker.best_mean,
                      "seconds": round(seconds, 3), "stopped_early": int(stop)}
+        ndcg = {c: m["ndcg@10"] for c, m in ranking.items() if m}
+        if ndcg:
+            spread = balance(ndcg)
+            round_row.update({"val_ndcg@10_std": spread["std"], "val_ndcg@10_worst": spread["min"]})
         self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok))
         tqdm.write(f"round {round_idx}: mean val loss {mean:.4f} | " + "  ".join(
             f"c{r['client']} train {_fmt(r['train_loss'])} val {_fmt(r['val_loss'])}" for r in rows), file=sys.stderr)
+
+    def evaluate_best(self) -> dict:
+        """Every client's best adapter (by validation loss) on its test users: results.json and results.csv in the
+        run directory, the per-client bar chart beside them."""
+        from fellrec.evaluation.checkpoint_eval import test_clients, write_results
+
+        for c in self.ids:
+            if (self.run_dir / "best" / f"client_{c}").is_dir():
+                self.store.load(c, self.run_dir / "best" / f"client_{c}")
+        results = test_clients(self.cfg.eval, self.style, self.model, self.store, self.tokenizer, self.data,
+                               self.partition, self.item_index(), self.run_dir)
+        results["checkpoint"] = str(self.run_dir / "best")
+        results["best_round"] = self.tracker.best_round
+        write_results(results, self.run_dir)
+        return results
 
     def checkpoint(self, round_idx: int) -> None:
         state = {"strategy": self.strategy.state_dict(), "tracker": asdict(self.tracker),

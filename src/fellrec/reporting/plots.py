@@ -14,23 +14,32 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_rounds(run_dir: Path) -> Path:
-    """Validation loss of every client over rounds, and its spread across clients (the balance over time)."""
+    """Validation loss of every client over rounds and its spread across clients (the balance over time); the same
+    for validation NDCG@10 when the run ranked its validation users each round (eval.per_round)."""
     with open(run_dir / "metrics.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["val_loss"] not in ("", "nan")]
-    clients = sorted({int(r["client"]) for r in rows})
-    rounds = sorted({int(r["round"]) for r in rows})
-    val = {(int(r["round"]), int(r["client"])): float(r["val_loss"]) for r in rows}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for c in clients:
-        left.plot(rounds, [val.get((t, c), float("nan")) for t in rounds], marker="o", label=f"client {c}")
-    left.set(title="validation loss per client", xlabel="round", ylabel="loss")
-    left.legend(fontsize="small")
-    spread = [pstdev([val[(t, c)] for c in clients if (t, c) in val]) for t in rounds]
-    right.plot(rounds, spread, marker="o", color="black")
-    right.set(title="balance: std of validation loss across clients", xlabel="round", ylabel="std")
-    for ax in (left, right):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        rows = list(csv.DictReader(f))
+    panels = [(name, _series(rows, name)) for name in ("val_loss", "val_ndcg@10")]
+    panels = [(name, series) for name, series in panels if series]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 4 * len(panels)), squeeze=False)
+    for (name, series), (left, right) in zip(panels, axes):
+        clients = sorted({c for _, c in series})
+        rounds = sorted({t for t, _ in series})
+        for c in clients:
+            left.plot(rounds, [series.get((t, c), float("nan")) for t in rounds], marker="o", label=f"client {c}")
+        left.set(title=f"{name} per client", xlabel="round", ylabel=name)
+        left.legend(fontsize="small")
+        spread = [pstdev([series[(t, c)] for c in clients if (t, c) in series]) for t in rounds]
+        right.plot(rounds, spread, marker="o", color="black")
+        right.set(title=f"balance: std of {name} across clients", xlabel="round", ylabel="std")
+        for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, run_dir / "rounds.png")
+
+
+def _series(rows: list[dict], name: str) -> dict[tuple[int, int], float]:
+    """(round, client) -> value of the column `name`, where it holds a number."""
+    return {(int(r["round"]), int(r["client"])): float(r[name]) for r in rows
+            if r.get(name) not in (None, "", "nan")}
 
 
 def plot_weights(run_dir: Path) -> Path | None:

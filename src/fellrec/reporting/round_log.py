@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 CLIENT_COLUMNS = ["round", "client", "sampled", "num_samples", "train_loss", "val_loss", "gamma", "steps",
-                  "boundary_bytes_up", "boundary_bytes_down", "adapter_bytes_uploaded", "diverged", "seconds"]
-ROUND_COLUMNS = ["round", "mean_val_loss", "best_mean_val_loss", "seconds", "stopped_early"]
+                  "boundary_bytes_up", "boundary_bytes_down", "adapter_bytes_uploaded", "diverged", "seconds",
+                  "val_recall@10", "val_ndcg@10"]
+ROUND_COLUMNS = ["round", "mean_val_loss", "best_mean_val_loss", "seconds", "stopped_early", "val_ndcg@10_std",
+                 "val_ndcg@10_worst"]
 
 
 class RoundLog:
@@ -50,7 +52,8 @@ class RoundLog:
 
         payload = {f"round/{k}": v for k, v in round_row.items() if k != "round" and v is not None}
         for row in client_rows:
-            for key in ("train_loss", "val_loss", "gamma", "boundary_bytes_up", "adapter_bytes_uploaded"):
+            for key in ("train_loss", "val_loss", "gamma", "boundary_bytes_up", "adapter_bytes_uploaded",
+                        "val_recall@10", "val_ndcg@10"):
                 if row.get(key) not in (None, ""):
                     payload[f"client_{row['client']}/{key}"] = row[key]
         if weights is not None:
@@ -65,6 +68,27 @@ class RoundLog:
             import wandb
 
             self.wandb.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths})
+
+    def log_results(self, results: dict, metrics: tuple[str, ...] = ("recall@10", "ndcg@10", "hr@10")) -> None:
+        """The final evaluation in W&B: a per-client table, a bar chart of NDCG@10 per client (popularity beside it
+        in the table), and the overall, balance and popularity figures in the run summary."""
+        if self.wandb is None:
+            return
+        import wandb
+
+        popular = {row["client"]: row for row in results["popularity_clients"]}
+        table = wandb.Table(columns=["client", "users", *metrics, "popularity ndcg@10"],
+                            data=[[row["client"], row["users"], *(row[m] for m in metrics),
+                                   popular[row["client"]]["ndcg@10"]] for row in results["clients"]])
+        self.wandb.log({"test/clients": table,
+                        "test/ndcg@10_per_client": wandb.plot.bar(table, "client", "ndcg@10",
+                                                                  title="test NDCG@10 per client")})
+        for section in ("overall", "popularity"):
+            for name, value in results[section].items():
+                self.wandb.summary[f"test/{section}/{name}"] = value
+        for name, figures in results["balance"].items():
+            for figure, value in figures.items():
+                self.wandb.summary[f"test/balance/{name}/{figure}"] = value
 
     def close(self) -> None:
         if self.wandb is not None:
