@@ -28,3 +28,47 @@ def test_bench_generation_quick_json():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report, "the benchmark printed an empty report"
+
+
+def test_resources_quick_writes_table_and_plot(tmp_path):
+    result = subprocess.run([sys.executable, "experiments/resources.py", "--quick", "--json", "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [r["k"] for r in report["rows"]] == [1, 2]
+    table = [line for line in (tmp_path / "resources.md").read_text().splitlines() if line.startswith("|")]
+    header, rows = [c.strip() for c in table[0].strip("|").split("|")], table[2:]
+    assert len(rows) == 2, table
+    values = [[float(c) for c in row.strip("|").split("|")] for row in rows]
+    assert all(len(v) == len(header) for v in values)
+    assert [v[0] for v in values] == [1, 2]
+    memory = header.index("client memory (MiB)")
+    assert values[0][memory] < values[1][memory]
+    assert report["rows"][0]["client_param_bytes"] < report["rows"][1]["client_param_bytes"]
+    assert (tmp_path / "resources.png").stat().st_size > 0
+
+
+def test_compare_quick_writes_the_comparison(tmp_path):
+    methods = ["FedAvg", "FELLRec", "Local"]
+    result = subprocess.run([sys.executable, "experiments/compare.py", "--quick", "--methods", *methods,
+                             "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "compare.json").read_text())
+    methods_seen = report["partitions"]["kmeans"]
+    assert list(methods_seen) == [*methods, "Popularity"]
+    for row in methods_seen.values():
+        assert all(0 <= row[f"ndcg@{k}"][0] <= 1 for k in (5, 10, 20)) and len(row["clients"]) == 3
+    runs = tmp_path / "runs" / "quick"
+    fellrec = json.loads((runs / "kmeans-s42-fellrec" / "results.json").read_text())
+    assert methods_seen["FELLRec"]["ndcg@10"][0] == fellrec["overall"]["ndcg@10"]  # the table shows the run's numbers
+    assert methods_seen["Popularity"]["ndcg@10"][0] == fellrec["popularity"]["ndcg@10"]
+    markdown = (tmp_path / "out" / "compare.md").read_text()
+    assert "| FELLRec |" in markdown and "| Popularity |" in markdown and "Claim 1" in markdown
+    assert "commit:" in markdown and "machine:" in markdown
+    assert (tmp_path / "out" / "compare_kmeans.png").stat().st_size > 10_000
+    again = subprocess.run([sys.executable, "experiments/compare.py", "--quick", "--methods", *methods,
+                            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads((tmp_path / "out" / "compare.json").read_text()) \
+        ["partitions"] == report["partitions"]  # finished runs are reused, not redone

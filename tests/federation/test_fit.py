@@ -54,6 +54,7 @@ def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
         assert 0 < float(r["gamma"]) <= 1
         assert int(r["boundary_bytes_up"]) > int(r["boundary_bytes_down"]) > 0  # up also carries mask + positions
         assert int(r["adapter_bytes_uploaded"]) > 0 and int(r["steps"]) >= 1
+        assert float(r["update_norm"]) > 0
     # The heating raises every client's gamma from round to round.
     gamma = {(int(r["round"]), int(r["client"])): float(r["gamma"]) for r in metrics}
     assert all(gamma[(2, c)] > gamma[(0, c)] for c in range(3))
@@ -109,6 +110,8 @@ def test_update_clipping_bounds_every_uploaded_update(reference, tmp_path):
     result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "1", "--fed.strategy", "local",
                  "--privacy.clip_norm", "1e-4", "--eval.final", "false")
     assert result.returncode == 0, result.stderr[-3000:]
+    norms = [float(r["update_norm"]) for r in rows(tmp_path / "tiny" / "metrics.csv")]
+    assert all(n > 1e-3 for n in norms)  # the logged norm is the one before clipping
     for c in range(3):
         assert 0 < b_norm(tmp_path / "tiny" / "round_000", c) <= 1e-4 * (1 + 1e-4)
         assert b_norm(reference / "round_000", c) > 1e-3  # without clipping the same training moves it further

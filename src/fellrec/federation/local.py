@@ -22,6 +22,8 @@ class LocalResult:
     bytes_down: int
     diverged: bool = False
     """A NaN or infinite loss was met: the update must be discarded."""
+    update_norm: float = 0.0
+    """L2 norm of the adapter update of the round, before any clipping (set by the orchestrator)."""
 
 
 def round_seed(seed: int, round_idx: int, client: int) -> int:

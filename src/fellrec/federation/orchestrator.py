@@ -30,7 +30,7 @@ from fellrec.evaluation.metrics import balance
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
 from fellrec.federation.clients import build_client_data
 from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
-from fellrec.federation.protection import protect_update
+from fellrec.federation.protection import protect_update, update_norm
 from fellrec.files import write_atomically
 
 
@@ -197,6 +197,7 @@ class Federation:
             result.diverged = True  # finite losses, but the step itself blew the adapter up
         if not result.diverged:
             self.store.capture(client)
+            result.update_norm = update_norm(start, self.store.state(client))
             privacy = self.cfg.privacy
             self.store.set_state(client, protect_update(start, self.store.state(client), privacy.clip_norm,
                                                         privacy.noise_multiplier, round_seed(self.cfg.train.seed,
@@ -294,6 +295,7 @@ class Federation:
                 "boundary_bytes_up": result.bytes_up if result else 0,
                 "boundary_bytes_down": result.bytes_down if result else 0,
                 "adapter_bytes_uploaded": _nbytes(self.store.client_state(c)) if c in ok else 0,
+                "update_norm": result.update_norm if result else "",
                 "diverged": int(bool(result and result.diverged)),
                 "seconds": round(results[c][3], 3) if c in results else "",
                 **{f"val_{name}": value for name, value in ranking.get(c, {}).items()},

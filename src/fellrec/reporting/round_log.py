@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 CLIENT_COLUMNS = ["round", "client", "sampled", "num_samples", "train_loss", "val_loss", "gamma", "steps",
-                  "boundary_bytes_up", "boundary_bytes_down", "adapter_bytes_uploaded", "diverged", "seconds",
-                  "val_recall@10", "val_ndcg@10"]
+                  "boundary_bytes_up", "boundary_bytes_down", "adapter_bytes_uploaded", "update_norm", "diverged",
+                  "seconds", "val_recall@10", "val_ndcg@10"]
 ROUND_COLUMNS = ["round", "mean_val_loss", "best_mean_val_loss", "seconds", "stopped_early", "val_ndcg@10_std",
                  "val_ndcg@10_worst"]
 
