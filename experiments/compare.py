@@ -104,6 +104,7 @@ def run_one(args, method: str, partition: str, seed: int, runs_dir: Path) -> dic
     results = json.loads((run_dir / "results.json").read_text())
     wall = run_dir / "wall_seconds.txt"
     results["wall_seconds"] = float(wall.read_text()) if wall.is_file() else float("nan")
+    results["best_val_loss"] = json.loads((run_dir / "best" / "best.json").read_text())["best_val_loss"]
     return results
 
 
@@ -113,6 +114,8 @@ def summary(results: dict) -> dict:
     row["client_std"] = results["balance"]["ndcg@10"]["std"]
     row["worst_client"] = results["balance"]["ndcg@10"]["min"]
     row["clients"] = {c["client"]: c["ndcg@10"] for c in results["clients"]}
+    losses = list(results["best_val_loss"].values())  # each client's best validation loss: a finer signal
+    row["val_loss"], row["val_loss_std"] = statistics.fmean(losses), statistics.pstdev(losses)
     row["wall_seconds"] = results.get("wall_seconds", float("nan"))
     return row
 
@@ -122,7 +125,7 @@ def popularity_summary(results: dict) -> dict:
     clients = {c["client"]: c["ndcg@10"] for c in pop["clients"]}
     row = {f"{m}@{k}": pop["overall"][f"{m}@{k}"] for m in ("recall", "ndcg") for k in KS}
     row.update(client_std=statistics.pstdev(clients.values()), worst_client=min(clients.values()), clients=clients,
-               wall_seconds=0.0)
+               val_loss=None, val_loss_std=None, wall_seconds=0.0)  # popularity has no validation loss
     return row
 
 
@@ -134,6 +137,9 @@ def aggregate(rows: list[dict]) -> dict:
             out[key] = {c: statistics.fmean(r[key][c] for r in rows) for c in rows[0][key]}
         else:
             values = [r[key] for r in rows]
+            if None in values:
+                out[key] = (None, None)
+                continue
             out[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
     return out
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,7 +56,8 @@ def test_compare_quick_writes_the_comparison(tmp_path):
                              "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "compare.json").read_text())
+    report = json.loads((tmp_path / "out" / "compare.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in compare.json is not strict JSON"))
     methods_seen = report["partitions"]["kmeans"]
     assert list(methods_seen) == [*methods, "Popularity"]
     for row in methods_seen.values():
@@ -63,6 +66,7 @@ def test_compare_quick_writes_the_comparison(tmp_path):
     fellrec = json.loads((runs / "kmeans-s42-fellrec" / "results.json").read_text())
     assert methods_seen["FELLRec"]["ndcg@10"][0] == fellrec["overall"]["ndcg@10"]  # the table shows the run's numbers
     assert methods_seen["Popularity"]["ndcg@10"][0] == fellrec["popularity"]["ndcg@10"]
+    assert methods_seen["FELLRec"]["val_loss"][0] > 0 and methods_seen["Popularity"]["val_loss"] == [None, None]
     markdown = (tmp_path / "out" / "compare.md").read_text()
     assert "| FELLRec |" in markdown and "| Popularity |" in markdown and "Claim 1" in markdown
     assert "commit:" in markdown and "machine:" in markdown

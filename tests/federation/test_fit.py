@@ -74,7 +74,8 @@ def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
 
 
 def test_fit_ends_with_the_test_evaluation_of_the_best_adapters(reference):
-    results = json.loads((reference / "results.json").read_text())
+    text = (reference / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in results.json is not strict JSON"))
     assert {"overall", "clients", "balance", "popularity"} <= set(results)
     assert [(c["client"], c["users"]) for c in results["clients"]] == [(0, 4), (1, 4), (2, 4)]  # eval.users_per_client
     assert all(0 <= c[m] <= 1 for c in results["clients"] for m in ("recall@10", "ndcg@10", "mrr@10"))

@@ -4,6 +4,7 @@ recommend with it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from fellrec.data.prompts import PromptStyle
@@ -74,7 +75,7 @@ def write_results(results: dict, out_dir: Path) -> None:
     """results.json (keys overall, clients, balance, popularity, ...) and results.csv (one row per client)."""
     import csv
 
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.json").write_text(json.dumps(_finite_or_null(results), indent=2))
     popular = {row["client"]: row for row in results["popularity_clients"]}
     rows = [{**row, **{f"popularity_{k}": v for k, v in popular[row["client"]].items() if k not in ("client", "users")}}
             for row in results["clients"]]
@@ -82,6 +83,17 @@ def write_results(results: dict, out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _finite_or_null(value):
+    """NaN (e.g. the coefficient of variation of an all-zero metric) as JSON null: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def recommend_for(cfg, ckpt: Path, client: int, history: list[str], top_k: int) -> list[tuple[str, float]]:

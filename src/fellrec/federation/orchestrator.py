@@ -198,10 +198,10 @@ class Federation:
         if not result.diverged:
             self.store.capture(client)
             result.update_norm = update_norm(start, self.store.state(client))
-            privacy = self.cfg.privacy
-            self.store.set_state(client, protect_update(start, self.store.state(client), privacy.clip_norm,
-                                                        privacy.noise_multiplier, round_seed(self.cfg.train.seed,
-                                                                                             round_idx, client)))
+            privacy, seed = self.cfg.privacy, round_seed(self.cfg.train.seed, round_idx, client)
+            uploaded = protect_update(start, self.store.state(client), privacy.clip_norm, privacy.noise_multiplier,
+                                      seed)
+            self.store.set_state(client, uploaded)
             val = self.client_signal(client)
         state = {n: t.cpu() for n, t in self.store.state(client).items()} if not result.diverged else {}
         if result.diverged:
