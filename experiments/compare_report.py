@@ -89,19 +89,24 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     paths = []
     for partition, methods in report["partitions"].items():
         names = list(methods)
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(20, 4.8), width_ratios=(1, 1, 1.4))
         means = [methods[m]["ndcg@10"][0] for m in names]
         spreads = [methods[m]["ndcg@10"][1] for m in names]
         colors = ["grey" if m == "Popularity" else "C0" for m in names]
         left.barh(names, means, xerr=spreads, color=colors)
         left.invert_yaxis()
         left.set(title=f"overall NDCG@10 ({partition})", xlabel="NDCG@10")
+        trained = [m for m in names if methods[m]["val_loss"][0] is not None]
+        middle.barh(trained, [methods[m]["val_loss"][0] for m in trained],
+                    xerr=[methods[m]["val_loss_std"][0] for m in trained], color="C0", alpha=0.7)
+        middle.invert_yaxis()
+        middle.set(title="clients' best validation loss (mean; line: std over clients)", xlabel="loss")
         clients = sorted(methods[names[0]]["clients"])
         width = 0.8 / len(names)
         for i, m in enumerate(names):
             right.bar([c + (i - len(names) / 2) * width for c in range(len(clients))],
                       [methods[m]["clients"][c] for c in clients], width=width, label=m,
-                      color="grey" if m == "Popularity" else f"C{i}")
+                      color="grey" if m == "Popularity" else f"C{i + (i >= 7)}")  # C7 is grey
         right.set(title="NDCG@10 per client", xlabel="client", ylabel="NDCG@10", xticks=range(len(clients)),
                   xticklabels=clients)
         right.legend(fontsize="x-small", ncol=2)
