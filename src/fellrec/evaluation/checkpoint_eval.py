@@ -43,15 +43,15 @@ def _load(cfg, ckpt: Path):
 
 def evaluate_run(cfg, ckpt: Path) -> dict:
     data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
-    results = test_clients(cfg.eval, PromptStyle(cfg.data.item_noun, cfg.data.item_verb), model, store, tokenizer,
-                           data, partition, index, ckpt)
+    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
+    results = evaluate_test_users(cfg.eval, style, model, store, tokenizer, data, partition, index, ckpt)
     results["checkpoint"] = str(ckpt)
     write_results(results, ckpt)
     return results
 
 
-def test_clients(ev, style: PromptStyle, model, store, tokenizer, data, partition, index, out_dir: Path,
-                 progress: bool = True) -> dict:
+def evaluate_test_users(ev, style: PromptStyle, model, store, tokenizer, data, partition, index, out_dir: Path,
+                        progress: bool = True) -> dict:
     """Every client's current adapter on (a seeded sample of) its test users, popularity beside it; the PNG of
     per-client NDCG@10 goes to `out_dir`."""
     from fellrec.data.pipeline import sample_subset

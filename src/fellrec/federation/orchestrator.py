@@ -3,9 +3,9 @@
 Each round: sample clients, train each sampled client locally through its split model (optionally clipping and
 noising its update), gather the adapters on every rank, aggregate with the strategy (one frozen snapshot: Jacobi
 order), validate every client (loss, and ranking metrics when asked), keep each client's best adapter, log,
-checkpoint. After the last round the best adapters are evaluated on the test users. Clients are spread over Fabric's processes; every rank holds the same
-adapters after each round, and each client trains with its own (round, client) seed, so the result does not depend on
-the number of processes.
+checkpoint. After the last round the best adapters are evaluated on the test users. Clients are spread over
+Fabric's processes; every rank holds the same adapters after each round, and each client trains with its own (round,
+client) seed, so the result does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -313,13 +313,13 @@ class Federation:
     def evaluate_best(self) -> dict:
         """Every client's best adapter (by validation loss) on its test users: results.json and results.csv in the
         run directory, the per-client bar chart beside them."""
-        from fellrec.evaluation.checkpoint_eval import test_clients, write_results
+        from fellrec.evaluation.checkpoint_eval import evaluate_test_users, write_results
 
         for c in self.ids:
             if (self.run_dir / "best" / f"client_{c}").is_dir():
                 self.store.load(c, self.run_dir / "best" / f"client_{c}")
-        results = test_clients(self.cfg.eval, self.style, self.model, self.store, self.tokenizer, self.data,
-                               self.partition, self.item_index(), self.run_dir)
+        results = evaluate_test_users(self.cfg.eval, self.style, self.model, self.store, self.tokenizer,
+                                      self.data, self.partition, self.item_index(), self.run_dir)
         results["checkpoint"] = str(self.run_dir / "best")
         results["best_round"] = self.tracker.best_round
         write_results(results, self.run_dir)
