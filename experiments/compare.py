@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,9 @@ from pathlib import Path
 
 import yaml
 from tqdm import tqdm
+
+from fellrec.config import DataArgs
+from fellrec.reporting.stamp import dataset_name, git_commit, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_report import write_markdown, write_plots  # noqa: E402  (beside this script)
@@ -43,7 +45,6 @@ METHODS = {  # name -> `fellrec fit` options
     "FELLRec + clip/noise": ["--fed.strategy", "fellrec", "--privacy.clip_norm", "{clip_norm}",
                              "--privacy.noise_multiplier", "{noise_multiplier}"],
 }
-DATASET_NAMES = {"movielens100k": "ml100k"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,11 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def dataset_name(config: dict) -> str:
-    source = (config.get("data") or {}).get("source", "movielens100k")
-    return DATASET_NAMES.get(source, Path((config.get("data") or {}).get("path") or source).name)
-
-
 def fit_command(args, method: str, partition: str, seed: int, runs_dir: Path, name: str) -> list[str]:
     options = [o.format(clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier) for o in METHODS[method]]
     return [sys.executable, "-m", "fellrec", "fit", "--config", args.config, "--out_dir", str(runs_dir),
@@ -92,7 +88,7 @@ def run_one(args, method: str, partition: str, seed: int, runs_dir: Path) -> dic
     run_dir = runs_dir / name
     if not (run_dir / "results.json").is_file():
         if run_dir.exists():  # an unfinished run: start it again from scratch
-            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         start = time.perf_counter()
         with open(run_dir.parent / f"{name}.log", "w") as log:
@@ -145,21 +141,15 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 def stamp(argv: list[str]) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True)
-    return {"command": "python experiments/compare.py " + " ".join(argv),
-            "commit": (commit.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip()
-                                                               else ""),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {"command": "python experiments/compare.py " + " ".join(argv), "commit": git_commit(REPO),
+            "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     config = yaml.safe_load((REPO / args.config).read_text())
-    dataset = dataset_name(config)
+    dataset = dataset_name(DataArgs(**(config.get("data") or {})))
     out = args.out or REPO / "experiments" / "results" / dataset
     runs_dir = (args.runs_dir or REPO / "runs" / "compare" / dataset) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)

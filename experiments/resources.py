@@ -29,9 +29,7 @@ import gc
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -41,9 +39,9 @@ import yaml
 
 from fellrec.config import DataArgs, ModelArgs, PartitionArgs, SplitArgs, TrainArgs
 from fellrec.errors import FellrecError
+from fellrec.reporting.stamp import dataset_name, git_commit, machine
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET_NAMES = {"movielens100k": "ml100k"}
 MIB, KIB = 1024 ** 2, 1024
 TABLE = (  # (header, row key, format)
     ("k", "k", "{}"),
@@ -112,27 +110,6 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(fmt.format(r[key]) for _, key, fmt in TABLE) + " |")
     return "\n".join(lines)
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-
-
-def machine() -> str:
-    import torch
-
-    device = f", CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", CPU only"
-    return (f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads){device}")
 
 
 def write_markdown(path: Path, rows: list[dict], info: dict) -> None:
@@ -221,7 +198,7 @@ def main() -> None:
         steps = default_steps_per_round(cfg, batch_size)
         steps_source = (f"ceil({cfg['data'].train_samples} train samples / {cfg['partition'].num_clients} clients "
                         f"x {cfg['train'].local_epochs} epochs / batch {batch_size})")
-    dataset = DATASET_NAMES.get(cfg["data"].source, cfg["name"])
+    dataset = dataset_name(cfg["data"])
     out = args.out or REPO / "experiments" / "results" / dataset / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -238,7 +215,7 @@ def main() -> None:
     model = cfg["model"].path or cfg["model"].name
     info = {"model": model, "m": cfg["split"].tail_layers, "config": os.path.relpath(args.config, REPO),
             "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-            "commit": git_commit(), "machine": machine(),
+            "commit": git_commit(REPO), "machine": machine(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "quantize": cfg["model"].quantize, "n_layers": n_layers, "lora_r": cfg["model"].lora_r,
             "lora_targets": list(cfg["model"].lora_targets), "batch_size": batch_size, "seq_len": args.seq_len,

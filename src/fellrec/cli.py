@@ -108,8 +108,9 @@ def privacy_audit(cfg: Namespace) -> None:
 
     from tqdm.auto import tqdm
 
-    from fellrec.privacy.audit import dataset_name, run_audit
-    from fellrec.privacy.report import command_line, format_table, git_commit, machine, write_report
+    from fellrec.privacy.audit import run_audit
+    from fellrec.privacy.report import command_line, format_table, write_report
+    from fellrec.reporting.stamp import dataset_name, git_commit, machine
 
     start = time.perf_counter()
     result = run_audit(cfg.data, cfg.partition, cfg.model, cfg.head_layers, cfg.victim_client, cfg.max_titles,

@@ -33,6 +33,7 @@ from fellrec.data.table import RecData, natural_key
 from fellrec.errors import FellrecError
 from fellrec.evaluation.generation import left_pad
 from fellrec.model.blocks import layer_types, position_ids_from_mask, run_blocks
+from fellrec.reporting.stamp import dataset_name
 
 DEFAULT_HEAD_LAYERS = (0, 1, 2, 4, 8)
 ATTACKS = ("nn", "linear", "mlp")
@@ -334,15 +335,6 @@ def check_head_layers(ks: Sequence[int], n_layers: int) -> list[int]:
                            f"model has {n_layers} decoder layers and k >= {n_layers} would leave the server no block "
                            "(and nothing to receive)")
     return sorted(set(int(k) for k in ks))
-
-
-def dataset_name(data_args: DataArgs) -> str:
-    """A short name for the results directory: ml100k, else the data directory's name, else the source."""
-    from pathlib import Path
-
-    if data_args.source == "movielens100k":
-        return "ml100k"
-    return Path(data_args.path).name if data_args.path else data_args.source
 
 
 def run_audit(data_args: DataArgs, partition_args: PartitionArgs, model_args: ModelArgs, ks: Sequence[int],

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,26 +11,6 @@ from fellrec.privacy.audit import ATTACKS
 
 _LABELS = {"nn": "nearest neighbour (cosine)", "linear": "linear inverter", "mlp": "MLP inverter"}
 _SHORT = {"nn": "NN", "linear": "linear", "mlp": "MLP"}
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    """HEAD of the repository the command ran in, `+dirty` when the tree has changes; 'unknown' outside git."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine() -> str:
-    """Enough to compare timings and numbers across machines (the audit runs on the CPU)."""
-    import torch
-
-    return (f"{platform.platform()}; {platform.machine()} {platform.processor() or ''}".rstrip()
-            + f"; Python {platform.python_version()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
 
 
 def _pct(value: float) -> str:
