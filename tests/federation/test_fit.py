@@ -88,7 +88,7 @@ def test_fit_ends_with_the_test_evaluation_of_the_best_adapters(reference):
     assert "pop ndcg@10" in stdout and "balance of ndcg@10" in stdout and "users/s" in stdout
 
 
-def test_ranking_signal_drives_the_heating_and_is_logged_each_round(tmp_path):
+def test_ranking_signal_drives_the_heating_and_is_logged_each_round(reference, tmp_path):
     result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "2", "--fed.signal", "ndcg", "--eval.final",
                  "false", "--eval.val_users_per_client", "3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -99,6 +99,10 @@ def test_ranking_signal_drives_the_heating_and_is_logged_each_round(tmp_path):
         assert 0 <= float(r["val_ndcg@10"]) <= 1 and 0 <= float(r["val_recall@10"]) <= 1
         assert 0 < float(r["gamma"]) <= 1
     assert all(r["val_ndcg@10_std"] != "" for r in rows(run_dir / "rounds.csv"))
+    # Round 0 trains exactly as the reference run (same seeds); only the heating's signal differs, so the gammas must.
+    gammas = [float(r["gamma"]) for r in metrics if r["round"] == "0"]
+    reference_gammas = [float(r["gamma"]) for r in rows(reference / "metrics.csv") if r["round"] == "0"]
+    assert gammas != pytest.approx(reference_gammas)
     assert not (run_dir / "results.json").exists()  # eval.final false
 
 
