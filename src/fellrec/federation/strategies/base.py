@@ -45,9 +45,13 @@ class Strategy:
 
     name: str = "base"
     global_model: bool = False
+    """True when the strategy keeps one shared adapter: non-sampled clients then also receive it."""
     last_weights: Optional[Tensor] = None
     """The latest round's aggregation matrix (participants in ascending id order), for the logs."""
-    """True when the strategy keeps one shared adapter: non-sampled clients then also receive it."""
+    last_similarity: Optional[Tensor] = None
+    """The latest round's C x C cosine matrix (participants ascending), for strategies that compare clients."""
+    initial_state: Optional[State] = None
+    """The adapter every client started from (see :meth:`set_initial`); read only by strategies that need it."""
     signal: Optional[str] = None
     """Name of the per-client signal the strategy reads (None: it needs none)."""
 
@@ -56,9 +60,19 @@ class Strategy:
 
     # ----- hooks -------------------------------------------------------------------------------------------------
     def aggregation_weights(self, states: Mapping[int, State], num_samples: Mapping[int, int],
-                            signals: Optional[Mapping[int, float]], round_idx: int) -> Tensor:
-        """Return a float64 C x C matrix, rows and columns in ascending client id order, each row summing to 1."""
+                            signals: Optional[Mapping[int, float]], round_idx: int,
+                            start_states: Optional[Mapping[int, State]] = None) -> Tensor:
+        """Return a float64 C x C matrix, rows and columns in ascending client id order, each row summing to 1.
+
+        ``start_states`` holds each participant's adapter at the start of the round (None when the caller has not
+        given them; strategies that do not need them ignore them).
+        """
         raise NotImplementedError
+
+    def set_initial(self, state: Mapping[str, Tensor]) -> None:
+        """Record the common initial adapter (a detached CPU copy). The caller sets it again on resume: it is
+        rebuilt from the seed like every client's first adapter, so checkpoints need not carry it."""
+        self.initial_state = {k: t.detach().to("cpu").clone() for k, t in state.items()}
 
     def aggregate(self, states: Mapping[int, State], weights: Tensor) -> dict[int, State]:
         """New state of every client in ``states``: ``theta_i = sum_j weights[i, j] * theta_j``, tensor by tensor.
@@ -100,8 +114,12 @@ class Strategy:
     # ----- the round, built from the hooks ----------------------------------------------------------------------
     def aggregate_round(self, states: Mapping[int, State], num_samples: Mapping[int, int],
                         signals: Optional[Mapping[int, float]] = None, round_idx: int = 0,
-                        participants: Optional[Iterable[int]] = None) -> dict[int, State]:
+                        participants: Optional[Iterable[int]] = None,
+                        start_states: Optional[Mapping[int, State]] = None) -> dict[int, State]:
         """One server step over all clients' ``states``; only ``participants`` (default: all) take part.
+
+        ``start_states`` (optional): each participant's adapter at the start of this round, for strategies that
+        compare what the clients uploaded (FELLRec with ``similarity_on="update"``); others ignore it.
 
         Returns a state for every client in ``states``, in the same order. Participants get their aggregate.
         Others keep their adapter (same tensor objects), except under a global-model strategy, where they also
@@ -116,7 +134,7 @@ class Strategy:
         if unknown:
             raise FellrecError(f"participants {unknown} have no adapter state (clients: {sorted(states)})")
         part = {c: states[c] for c in sorted(set(sample))}
-        weights = self.aggregation_weights(part, num_samples, signals, round_idx)
+        weights = self.aggregation_weights(part, num_samples, signals, round_idx, start_states=start_states)
         self.last_weights = weights  # for the logs: row i = the weights that built participant i's adapter
         new = self.aggregate(part, weights)
         shared = next(iter(new.values()))

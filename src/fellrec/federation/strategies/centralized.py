@@ -16,7 +16,7 @@ class Centralized(FedAvg):
 
     name = "centralized"
 
-    def aggregation_weights(self, states, num_samples, signals, round_idx):
+    def aggregation_weights(self, states, num_samples, signals, round_idx, start_states=None):
         ids = check_states(states)
         if len(ids) != 1:
             raise FellrecError(f"centralized training expects one client holding every sample, got {len(ids)} "

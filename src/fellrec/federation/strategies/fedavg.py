@@ -26,5 +26,5 @@ class FedAvg(Strategy):
     name = "fedavg"
     global_model = True
 
-    def aggregation_weights(self, states, num_samples, signals, round_idx):
+    def aggregation_weights(self, states, num_samples, signals, round_idx, start_states=None):
         return fedavg_weights(check_states(states), num_samples)

@@ -1,6 +1,8 @@
 """FELLRec's dynamic balance strategy (METHOD.md section 4): personalised, similarity-weighted aggregation.
 
-    v_i   = all of client i's adapter tensors, flattened and concatenated (in one fixed key order)
+    v_i   = what client i has learned, per ``similarity_on`` (see :mod:`.similarity`): its adapter as it is
+            (``params``, the release), this round's change (``update``), the change since the common initial
+            adapter (``drift``) or each LoRA module's effective change B.A (``product``)
     s_ij  = cos(v_i, v_j)
     A_ii  = 1,  A_ij = gamma_i * k(s_ij) for j != i,  rows normalised
     theta_i <- sum_j A_ij theta_j   (tensor by tensor)
@@ -27,11 +29,9 @@ from fellrec.errors import FellrecError
 from fellrec.federation.balance import BalanceScheduler
 from fellrec.federation.strategies.base import Strategy, State, check_signals, check_states, row_normalise
 from fellrec.federation.strategies.fedavg import fedavg_weights
+from fellrec.federation.strategies.similarity import SIMILARITY_ON, cosine_from_gram, similarity_matrix
 
 WEIGHTINGS = ("linear", "softmax")
-
-# Below this norm product a cosine is undefined (an all-zero adapter); it is taken as 0 (s^ = 1/2).
-_EPS = 1e-12
 
 
 def flatten_states(states: Mapping[int, State], ids: Sequence[int]) -> Tensor:
@@ -43,11 +43,7 @@ def flatten_states(states: Mapping[int, State], ids: Sequence[int]) -> Tensor:
 
 def cosine_matrix(v: Tensor) -> Tensor:
     """s_ij = cos(v_i, v_j) for the rows of v; diagonal exactly 1, zero vectors give cosine 0 with the others."""
-    norms = v.norm(dim=1)
-    s = (v @ v.T) / (norms[:, None] * norms[None, :]).clamp_min(_EPS)
-    s = s.clamp(-1.0, 1.0)
-    s.fill_diagonal_(1.0)
-    return s
+    return cosine_from_gram(v @ v.T)
 
 
 def similarity_weights(similarity: Tensor, gammas: Sequence[float], weighting: str = "linear",
@@ -69,6 +65,11 @@ class FellRec(Strategy):
     """Dynamic aggregation with curriculum heating: each client gets its own aggregate.
 
     Args:
+        similarity_on: what the cosine compares: ``params`` (the release; ~uniform weights, since all clients share
+            LoRA A and start from B = 0), ``update`` (needs ``start_states`` in :meth:`aggregate_round`), ``drift``
+            (needs :meth:`set_initial`) or ``product`` (per-module B.A; needs :meth:`set_initial` when the state
+            holds non-LoRA tensors such as an item table). The bare class keeps the release's ``params``; runs take
+            the default of ``fed.similarity_on``.
         similarity_weighting: ``linear`` (release) or ``softmax`` (the paper's "attention").
         tau: temperature of the softmax weighting (> 0); unused by ``linear``.
         heating: False -> gamma = 1 for all clients ("without heating" ablation).
@@ -80,11 +81,14 @@ class FellRec(Strategy):
 
     def __init__(self, similarity_weighting: str = "linear", tau: float = 1.0, heating: bool = True,
                  dynamic: bool = True, alpha: float = 0.7, beta: float = 5.0, temperature: float = 0.05,
-                 signal: str = "train_loss"):
+                 signal: str = "train_loss", similarity_on: str = "params"):
+        if similarity_on not in SIMILARITY_ON:
+            raise FellrecError(f"unknown fed.similarity_on {similarity_on!r}; valid: {', '.join(SIMILARITY_ON)}")
         if similarity_weighting not in WEIGHTINGS:
             raise FellrecError(f"unknown similarity weighting {similarity_weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not 0 < tau < float("inf"):
             raise FellrecError(f"softmax temperature tau must be a finite number > 0, got {tau!r}")
+        self.similarity_on = similarity_on
         self.similarity_weighting = similarity_weighting
         self.tau = float(tau)
         self.dynamic = bool(dynamic)
@@ -98,10 +102,10 @@ class FellRec(Strategy):
         """The per-client signal the orchestrator must pass in (raw value; the scheduler turns metrics into 1 - m)."""
         return self.balance.signal
 
-    def aggregation_weights(self, states, num_samples, signals, round_idx):
+    def aggregation_weights(self, states, num_samples, signals, round_idx, start_states=None):
         ids = check_states(states)
         if not self.dynamic:
-            self.last_gammas = {}
+            self.last_gammas, self.last_similarity = {}, None
             return fedavg_weights(ids, num_samples)
         # Heating is over the participants only; with heating off the signals are not needed at all.
         if self.balance.enabled:
@@ -110,18 +114,22 @@ class FellRec(Strategy):
         else:
             gammas = {c: 1.0 for c in ids}
         self.last_gammas = gammas
-        similarity = cosine_matrix(flatten_states(states, ids))
+        similarity = similarity_matrix(self.similarity_on, states, ids, start_states, self.initial_state)
+        self.last_similarity = similarity
         return similarity_weights(similarity, [gammas[c] for c in ids], self.similarity_weighting, self.tau)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "similarity_weighting": self.similarity_weighting, "tau": self.tau,
+        return {**super().state_dict(), "similarity_on": self.similarity_on,
+                "similarity_weighting": self.similarity_weighting, "tau": self.tau,
                 "dynamic": self.dynamic, "balance": self.balance.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         try:
             balance = state["balance"]
+            # Checkpoints written before similarity_on existed compared the raw parameters.
             self.__init__(state["similarity_weighting"], state["tau"], balance["enabled"], state["dynamic"],
-                          balance["alpha"], balance["beta"], balance["temperature"], balance["signal"])
+                          balance["alpha"], balance["beta"], balance["temperature"], balance["signal"],
+                          state.get("similarity_on", "params"))
         except KeyError as missing:
             raise FellrecError(f"fellrec strategy state lacks {missing}") from None

@@ -1,0 +1,134 @@
+"""What FELLRec compares between clients (``fed.similarity_on``, METHOD.md section 4), as a C x C cosine matrix.
+
+Every mode builds the Gram matrix G_ij = <v_i, v_j> tensor by tensor (no C x P matrix of all parameters is ever
+held), then s_ij = G_ij / sqrt(G_ii G_jj):
+
+* ``params``  v_i = client i's adapter tensors as they are (the release). All clients start from the same LoRA A with
+  B = 0 and B stays small for many rounds, so this cosine is ~1 for every pair and the weights go uniform.
+* ``update``  v_i = theta_i - theta_i(round start): what client i uploads this round.
+* ``drift``   v_i = theta_i - theta_0: the change since the common initial adapter, accumulated over rounds.
+* ``product`` v_i = the effective weight change B_i A_i of every LoRA module, through
+  <B_i A_i, B_j A_j> = sum((B_i^T B_j) * (A_i A_j^T)) (r x r products; B.A itself is never built). Since B_0 = 0,
+  B.A is both the module's weight and its drift. Tensors that are not a LoRA pair (the scoring objective's item
+  table and bias, or anything else) enter as their drift, so this mode needs theta_0 whenever such tensors exist.
+
+In ``update`` and ``drift`` every tensor (LoRA A and B, item table, ...) joins v_i as a plain flattened delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fellrec.errors import FellrecError
+
+State = dict[str, Tensor]
+
+SIMILARITY_ON = ("params", "update", "drift", "product")
+
+# Below this norm product a cosine is undefined (an all-zero vector); it is taken as 0 (s^ = 1/2).
+_EPS = 1e-12
+_A, _B = ".lora_A.", ".lora_B."
+
+
+def lora_pairs(state: Mapping[str, Tensor]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (A key, B key) pair of every LoRA module in ``state``, and the keys of every other tensor.
+
+    A pair is ``<module>.lora_A.<rest>`` with ``<module>.lora_B.<rest>`` (peft names, with or without the adapter
+    name), A of shape r x in and B of shape out x r. Anything else (a lone A, an embedding LoRA, the item table) is
+    "other" and is compared as a plain tensor.
+    """
+    pairs, paired = [], set()
+    for key, a in state.items():
+        if _A not in key:
+            continue
+        b_key = _B.join(key.rsplit(_A, 1))
+        b = state.get(b_key)
+        if b is not None and a.dim() == 2 and b.dim() == 2 and a.shape[0] == b.shape[1]:
+            pairs.append((key, b_key))
+            paired.update((key, b_key))
+    return pairs, [k for k in state if k not in paired]
+
+
+def similarity_matrix(mode: str, states: Mapping[int, State], ids: Sequence[int],
+                      start_states: Optional[Mapping[int, State]] = None,
+                      initial: Optional[State] = None) -> Tensor:
+    """s_ij for clients ``ids`` (in that order) under ``mode``; float64, diagonal exactly 1."""
+    return cosine_from_gram(gram_matrix(mode, states, ids, start_states, initial))
+
+
+def gram_matrix(mode: str, states: Mapping[int, State], ids: Sequence[int],
+                start_states: Optional[Mapping[int, State]] = None,
+                initial: Optional[State] = None) -> Tensor:
+    """G_ij = <v_i, v_j> (float64, C x C) for the vectors ``mode`` compares."""
+    if mode not in SIMILARITY_ON:
+        raise FellrecError(f"unknown fed.similarity_on {mode!r}; valid: {', '.join(SIMILARITY_ON)}")
+    keys = list(states[ids[0]])
+    pairs, others = lora_pairs(states[ids[0]]) if mode == "product" else ([], keys)
+    base = _reference(mode, ids, {k: states[ids[0]][k] for k in others}, start_states, initial)
+    gram = torch.zeros(len(ids), len(ids), dtype=torch.float64)
+    for key in others:
+        x = torch.stack([_f64(states[c][key]).reshape(-1) - _ref(base, c, key) for c in ids])
+        gram += x @ x.T
+    for a_key, b_key in pairs:
+        gram += _product_gram([_f64(states[c][a_key]) for c in ids], [_f64(states[c][b_key]) for c in ids])
+    return gram
+
+
+def cosine_from_gram(gram: Tensor) -> Tensor:
+    """s_ij = G_ij / sqrt(G_ii G_jj), clamped to [-1, 1]; diagonal exactly 1; a zero vector has cosine 0."""
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    s = gram / (norms[:, None] * norms[None, :]).clamp_min(_EPS)
+    s = s.clamp(-1.0, 1.0)
+    s.fill_diagonal_(1.0)
+    return s
+
+
+def _product_gram(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """<B_i A_i, B_j A_j>_F for all i, j: A_k is r x in, B_k is out x r, so both factors are C x C x r x r."""
+    a_s, b_s = torch.stack(a), torch.stack(b)
+    btb = torch.einsum("ior,jos->ijrs", b_s, b_s)  # B_i^T B_j
+    aat = torch.einsum("irn,jsn->ijrs", a_s, a_s)  # A_i A_j^T
+    return (btb * aat).sum(dim=(2, 3))
+
+
+def _reference(mode: str, ids: Sequence[int], like: Mapping[str, Tensor], start_states, initial) -> Optional[dict]:
+    """What each client's tensors (``like``: their names and shapes) are measured from: None (params), its
+    round-start state (update), or the common initial state for every client (drift, product's non-LoRA tensors)."""
+    keys = list(like)
+    if mode == "params" or not keys:
+        return None
+    if mode == "update":
+        if start_states is None:
+            raise FellrecError("fed.similarity_on=update needs each participant's adapter at the start of the round "
+                               "(aggregate_round(..., start_states=...))")
+        missing = [c for c in ids if c not in start_states]
+        if missing:
+            raise FellrecError(f"fed.similarity_on=update: no round-start adapter for clients {missing}")
+        return {c: {k: _flat(start_states[c], k, like[k], f"client {c}") for k in keys} for c in ids}
+    if initial is None:
+        raise FellrecError(f"fed.similarity_on={mode} needs the common initial adapter: call "
+                           "strategy.set_initial(state) before the first round")
+    common = {k: _flat(initial, k, like[k], "the initial adapter") for k in keys}
+    return {c: common for c in ids}
+
+
+def _flat(state: Mapping[str, Tensor], key: str, like: Tensor, owner: str) -> Tensor:
+    """``state[key]`` flattened, after checking it matches the current tensor it is subtracted from."""
+    if key not in state:
+        raise FellrecError(f"the reference adapter of {owner} lacks tensor {key!r}")
+    if tuple(state[key].shape) != tuple(like.shape):
+        raise FellrecError(f"the reference adapter of {owner}: {key!r} has shape {tuple(state[key].shape)}, "
+                           f"the current one {tuple(like.shape)}")
+    return _f64(state[key]).reshape(-1)
+
+
+def _ref(base: Optional[dict], client: int, key: str):
+    return 0.0 if base is None else base[client][key]
+
+
+def _f64(t: Tensor) -> Tensor:
+    return t.detach().to("cpu", torch.float64)
