@@ -61,6 +61,20 @@ def test_fedavg_broadcasts_to_clients_outside_the_sample():
     assert out[2]["w"] is not out[0]["w"] and states[2]["w"].item() == 100.0
 
 
+def test_fedavg_two_clients_one_and_three_samples():
+    # 1 and 3 samples: weights 1/4 and 3/4, the same aggregate for both clients: exactly 0.25 a + 0.75 b.
+    a = {"lora_A": torch.tensor([4.0, -8.0, 0.5]), "lora_B": torch.tensor([[2.0]])}
+    b = {"lora_A": torch.tensor([0.0, 8.0, 2.5]), "lora_B": torch.tensor([[-2.0]])}
+    out = FedAvg().aggregate_round({0: a, 1: b}, {0: 1, 1: 3})
+    expected = {"lora_A": torch.tensor([1.0, 4.0, 2.0]), "lora_B": torch.tensor([[-1.0]])}  # 0.25 a + 0.75 b by hand
+    for c in (0, 1):
+        for k in expected:
+            assert torch.equal(out[c][k], expected[k]), (c, k, out[c][k])
+    # Swapping the sample counts swaps the weights (a sample-blind mean would give 0.5 a + 0.5 b for both).
+    out = FedAvg().aggregate_round({0: a, 1: b}, {0: 3, 1: 1})
+    assert torch.equal(out[0]["lora_A"], torch.tensor([3.0, -4.0, 1.0]))  # 0.75 a + 0.25 b
+
+
 # ----- FELLRec -----------------------------------------------------------------------------------------------------
 def test_fellrec_weights_without_heating_hand_computed():
     w = FellRec(heating=False).aggregation_weights(HAND, {}, None, 0)
@@ -124,6 +138,41 @@ def test_fellrec_softmax_weighting_scales_off_diagonal_by_gamma():
     rows = [[1.0 if i == j else gam[i] * math.exp(cos[i][j] - 1) for j in range(3)] for i in range(3)]
     expected = torch.tensor([[a / sum(r) for a in r] for r in rows], dtype=torch.float64)
     torch.testing.assert_close(w, expected, rtol=0, atol=1e-12)
+
+
+def test_fellrec_identical_opposite_orthogonal_clients():
+    # v0 = (1, 0); v1 = (2, 0) points the same way (cos 1, s^ 1); v2 = (-3, 0) the opposite way (cos -1, s^ 0);
+    # v3 = (0, 1) is orthogonal to all (cos 0, s^ 1/2). Without heating (gamma = 1) the rows of A are:
+    #   row 0 = row 1 = [1, 1, 0, 0.5] / 2.5 = [0.4, 0.4, 0, 0.2]
+    #   row 2 = [0, 0, 1, 0.5] / 1.5         = [0, 0, 2/3, 1/3]
+    #   row 3 = [0.5, 0.5, 0.5, 1] / 2.5     = [0.2, 0.2, 0.2, 0.4]
+    states = {0: {"w": torch.tensor([1.0, 0.0])}, 1: {"w": torch.tensor([2.0, 0.0])},
+              2: {"w": torch.tensor([-3.0, 0.0])}, 3: {"w": torch.tensor([0.0, 1.0])}}
+    w = FellRec(heating=False).aggregation_weights(states, {}, None, 0)
+    expected = torch.tensor([[0.4, 0.4, 0.0, 0.2], [0.4, 0.4, 0.0, 0.2], [0.0, 0.0, 2 / 3, 1 / 3],
+                             [0.2, 0.2, 0.2, 0.4]], dtype=torch.float64)
+    torch.testing.assert_close(w, expected, rtol=0, atol=1e-12)
+    out = FellRec(heating=False).aggregate_round(states, {})
+    # client 0 and 1: 0.4 (1, 0) + 0.4 (2, 0) + 0.2 (0, 1) = (1.2, 0.2)
+    # client 2: 2/3 (-3, 0) + 1/3 (0, 1) = (-2, 1/3)      client 3: 0.2 (1 + 2 - 3, 0) + 0.4 (0, 1) = (0, 0.4)
+    hand = {0: [1.2, 0.2], 1: [1.2, 0.2], 2: [-2.0, 1 / 3], 3: [0.0, 0.4]}
+    for c, v in hand.items():
+        torch.testing.assert_close(out[c]["w"], torch.tensor(v), rtol=0, atol=1e-6)
+
+
+def test_fellrec_two_orthogonal_clients_with_heating_hand_computed():
+    # Orthogonal: s^ = 1/2. Losses 2 and 2 + T ln 3 -> softmax shares 1/4, 3/4 -> round-0 gammas
+    # tanh(0.7 * 4 ** 0.2) = 0.727622 and tanh(0.7 * (4/3) ** 0.2) = 0.630024 (see test_balance.py).
+    # row 0 = [1, 0.5 * 0.727622] / 1.363811;  row 1 = [0.5 * 0.630024, 1] / 1.315012
+    g0, g1 = 0.7276221663635073, 0.6300244518555733
+    states = {0: {"w": torch.tensor([1.0, 0.0])}, 1: {"w": torch.tensor([0.0, 1.0])}}
+    w = FellRec().aggregation_weights(states, {}, {0: 2.0, 1: 2.0 + 0.05 * math.log(3)}, 0)
+    expected = torch.tensor([[1 / (1 + g0 / 2), (g0 / 2) / (1 + g0 / 2)],
+                             [(g1 / 2) / (1 + g1 / 2), 1 / (1 + g1 / 2)]], dtype=torch.float64)
+    torch.testing.assert_close(w, expected, rtol=0, atol=1e-9)
+    assert w[0, 1] == pytest.approx(0.266761, abs=1e-6) and w[1, 0] == pytest.approx(0.239551, abs=1e-6)
+    # The higher-loss client (1) takes less from the other than client 0 does.
+    assert w[1, 0] < w[0, 1]
 
 
 def test_fellrec_without_dynamic_aggregation_is_fedavg():
