@@ -95,8 +95,8 @@ def test_extreme_signals_stay_finite():
 # ----- a two-client case worked out by hand --------------------------------------------------------------------------
 # l_1 - l_0 = T ln 3, so softmax(l / T) = (1, 3) / 4: shares l~ = (1/4, 3/4), whatever l_0 is.
 #   t = 0: exponent (0 + 1) / 5 = 0.2
-#          gamma_0 = tanh(0.7 / (1/4) ** 0.2) = tanh(0.7 * 4 ** 0.2)   = tanh(0.7 * 1.319508) = tanh(0.923656) = 0.727622
-#          gamma_1 = tanh(0.7 / (3/4) ** 0.2) = tanh(0.7 * (4/3) ** 0.2) = tanh(0.7 * 1.059224) = tanh(0.741457) = 0.630024
+#          gamma_0 = tanh(0.7 / (1/4) ** 0.2) = tanh(0.7 * 4 ** 0.2)     = tanh(0.923656) = 0.727622
+#          gamma_1 = tanh(0.7 / (3/4) ** 0.2) = tanh(0.7 * (4/3) ** 0.2) = tanh(0.741457) = 0.630024
 #   t = 1: exponent 0.4: gamma_0 = tanh(0.7 * 4 ** 0.4) = 0.839291;  gamma_1 = tanh(0.7 * (4/3) ** 0.4) = 0.655777
 #   t = 4: exponent 1:   gamma_0 = tanh(0.7 * 4) = tanh(2.8) = 0.992632;  gamma_1 = tanh(0.7 * 4/3) = 0.732144
 # The release's exponent t + 1/beta equals (t + 1)/beta only at t = 0; at t = 1 it is 1.2 (gamma_0 0.998765,

@@ -76,7 +76,8 @@ def test_tokens_labels_logits_and_loss_never_reach_the_server(name):
     # The only bool tensors are the 4D causal masks built from the 2D mask: key j visible to query i iff j <= i and
     # j is not padding (the rows of padded queries included), and i - j < window in sliding-attention blocks.
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    visible = {"full_attention": j <= i, "sliding_attention": (j <= i) & (i - j < (getattr(model.config, "sliding_window", None) or T))}
+    window = getattr(model.config, "sliding_window", None) or T
+    visible = {"full_attention": j <= i, "sliding_attention": (j <= i) & (i - j < window)}
     bools = [r for r in deep.records if r.tensor.dtype == torch.bool]
     assert len(bools) == 2 * n_server_blocks  # each block and its attention get the mask, nothing else is bool
     for r in bools:
@@ -87,7 +88,8 @@ def test_tokens_labels_logits_and_loss_never_reach_the_server(name):
     assert [(m.direction, m.kind) for m in messages] == [(UP, "hidden"), (UP, "mask"), (UP, "positions"),
                                                          (DOWN, "hidden"), (UP, "grad"), (DOWN, "grad")]
     assert torch.equal(messages[0].tensor, h) and torch.equal(messages[4].tensor, grad.tensor)
-    assert all(m.tensor.grad_fn is None for m in messages if m.direction == UP)  # copies: no autograd path back into the client's graph
+    # What goes up is a copy: no autograd path back into the client's graph.
+    assert all(m.tensor.grad_fn is None for m in messages if m.direction == UP)
 
 
 def test_the_probe_flags_token_ids_and_labels_given_to_the_server():
