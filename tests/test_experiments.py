@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,20 @@ def test_bench_rounds_quick_json():
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    for key in ("ratio_20_vs_5", "ratio_50_vs_5", "ratio_fellrec_vs_centralized"):
-        assert 0 < report[key] < 100, key
-    assert set(report["round_seconds"]) == {"fellrec_5", "fellrec_20", "fellrec_50", "centralized"}
+    seconds = report["round_seconds"]
+    assert set(seconds) == {"fellrec_5", "fellrec_20", "fellrec_50", "centralized"}
+    # Each ratio is the quotient of the two reported round times (numerator first).
+    quotients = {"ratio_20_vs_5": ("fellrec_20", "fellrec_5"), "ratio_50_vs_5": ("fellrec_50", "fellrec_5"),
+                 "ratio_fellrec_vs_centralized": ("fellrec_5", "centralized")}
+    for key, (top, bottom) in quotients.items():
+        assert report[key] == pytest.approx(seconds[top] / seconds[bottom], rel=1e-12), key
+    # One repeat: each reported time is that timed round, the one printed as "repeat 1 <set-up>: X.XX s" (the
+    # untimed warm-up round is not printed).
+    printed = dict(re.findall(r"^repeat 1 (\w+): ([0-9.]+) s$", result.stderr, flags=re.M))
+    assert set(printed) == set(seconds)
+    for name, value in seconds.items():
+        assert abs(value - float(printed[name])) <= 0.005 + 1e-9, (name, value, printed[name])
+    assert (report["repeats"], report["train_samples"], report["model"]) == (1, 24, "tiny-llama")
 
 
 def test_bench_generation_quick_json():
@@ -29,7 +41,15 @@ def test_bench_generation_quick_json():
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert report, "the benchmark printed an empty report"
+    assert (report["users"], report["repeats"], report["model"]) == (4, 2, "tiny-llama")
+    one, batch = report["one_at_a_time"], report["batch_4"]
+    for arm in (one, batch):  # the fastest of the repeats counts, and the throughput is users over those seconds
+        assert len(arm["all_seconds"]) == 2 and arm["seconds"] == min(arm["all_seconds"])
+        assert arm["users_per_second"] == pytest.approx(4 / arm["seconds"], rel=1e-12)
+    assert batch["ratio"] == pytest.approx(one["seconds"] / batch["seconds"], rel=1e-12)
+    assert report["ratio"] == batch["ratio"]  # the best (here the only) batch size
+    assert batch["same_titles"] == 4  # batching (left padding, position ids) must not change what beam search writes
+    assert report["item_embedding"]["items"] == 1682  # every ML-100K title
 
 
 def test_resources_quick_writes_table_and_plot(tmp_path):
