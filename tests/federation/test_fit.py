@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,6 +41,31 @@ def rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def hand_gammas(signals: dict[int, float], t: int, alpha=0.7, beta=5.0, temperature=0.05) -> list[float]:
+    """gamma_i = tanh(alpha / softmax_i(l / T) ** ((t + 1) / beta)), clients in id order (METHOD.md section 4)."""
+    ids = sorted(signals)
+    top = max(signals.values())
+    e = [math.exp((signals[c] - top) / temperature) for c in ids]
+    return [math.tanh(alpha / (x / sum(e)) ** ((t + 1) / beta)) for x in e]
+
+
+def assert_consistent_report(results: dict) -> None:
+    """Relations a wrong evaluation report breaks (the tiny random model's own metrics are mostly 0, so these are
+    checked on the popularity rows too, which have hits at 20): overall = the user-weighted mean of the clients;
+    ML-100K test users have one target each, so recall@k = hr@k and precision@k = hr@k / k for every client."""
+    for overall, clients in ((results["overall"], results["clients"]),
+                             (results["popularity"], results["popularity_clients"])):
+        users = sum(c["users"] for c in clients)
+        for name, value in overall.items():
+            assert value == pytest.approx(sum(c[name] * c["users"] for c in clients) / users, abs=1e-12), name
+        for c in clients:
+            for k in (5, 10, 20):
+                assert c[f"recall@{k}"] == c[f"hr@{k}"] and c[f"precision@{k}"] == pytest.approx(c[f"hr@{k}"] / k)
+        for name, figures in results["balance"].items():
+            assert figures["min"] == min(c[name] for c in results["clients"])
+    assert any(c["hr@20"] > 0 for c in results["popularity_clients"])  # the relations above are not all 0 == 0
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """One uninterrupted 3-round FELLRec run, shared by the tests below."""
@@ -51,18 +80,31 @@ def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
     metrics = rows(reference / "metrics.csv")
     assert [(int(r["round"]), int(r["client"])) for r in metrics] == [(t, c) for t in range(3) for c in range(3)]
     for r in metrics:
-        assert 0 < float(r["gamma"]) <= 1
         assert int(r["boundary_bytes_up"]) > int(r["boundary_bytes_down"]) > 0  # up also carries mask + positions
         assert int(r["adapter_bytes_uploaded"]) > 0 and int(r["steps"]) >= 1
         assert float(r["update_norm"]) > 0
-    # The heating raises every client's gamma from round to round.
+    # The logged gammas are the heating of the logged training losses (METHOD.md section 4, written out here).
     gamma = {(int(r["round"]), int(r["client"])): float(r["gamma"]) for r in metrics}
-    assert all(gamma[(2, c)] > gamma[(0, c)] for c in range(3))
-    weights = rows(reference / "weights.csv")
     for t in range(3):
-        for i in range(3):
-            assert sum(float(w["weight"]) for w in weights if (int(w["round"]), int(w["i"])) == (t, i)) == \
-                pytest.approx(1.0)
+        losses = {int(r["client"]): float(r["train_loss"]) for r in metrics if int(r["round"]) == t}
+        assert [gamma[(t, c)] for c in range(3)] == pytest.approx(hand_gammas(losses, t), rel=1e-9)
+    # The heating raises every client's gamma from round to round.
+    assert all(gamma[(2, c)] > gamma[(0, c)] for c in range(3))
+    # The logged weights are A_ii = 1, A_ij = gamma_i (s_ij + 1) / 2, rows normalised. So A_ij / (A_ii gamma_i) is
+    # (s_ij + 1) / 2, which is symmetric in i and j: a gamma given to the wrong row or client breaks that.
+    weights = {(int(w["round"]), int(w["i"]), int(w["j"])): float(w["weight"]) for w in rows(reference / "weights.csv")}
+    assert len(weights) == 3 * 3 * 3
+    s_hat = {(t, i, j): weights[(t, i, j)] / (weights[(t, i, i)] * gamma[(t, i)])
+             for t in range(3) for i in range(3) for j in range(3) if i != j}
+    for (t, i, j), value in s_hat.items():
+        assert value == pytest.approx(s_hat[(t, j, i)], rel=1e-9), (t, i, j)
+        assert 0.0 <= value <= 1.0 + 1e-12
+    # Where the run logs its cosines, the weights follow from them exactly.
+    cosine = {(int(w["round"]), int(w["i"]), int(w["j"])): float(w["cosine"])
+              for w in rows(reference / "similarity.csv")}
+    for (t, i, j), c in cosine.items():
+        if i != j:
+            assert s_hat[(t, i, j)] == pytest.approx((c + 1) / 2, rel=1e-9), (t, i, j)
     losses = [float(r["mean_val_loss"]) for r in rows(reference / "rounds.csv")]
     assert losses[2] < losses[0]  # training helps the validation loss
     final = adapters(reference / "round_002")
@@ -78,7 +120,7 @@ def test_fit_ends_with_the_test_evaluation_of_the_best_adapters(reference):
     results = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in results.json is not strict JSON"))
     assert {"overall", "clients", "balance", "popularity"} <= set(results)
     assert [(c["client"], c["users"]) for c in results["clients"]] == [(0, 4), (1, 4), (2, 4)]  # eval.users_per_client
-    assert all(0 <= c[m] <= 1 for c in results["clients"] for m in ("recall@10", "ndcg@10", "mrr@10"))
+    assert_consistent_report(results)
     best = json.loads((reference / "best" / "best.json").read_text())["best_round"]
     assert results["best_round"] == best and results["speed"]["users_per_second"] > 0
     assert [int(r["client"]) for r in rows(reference / "results.csv")] == [0, 1, 2]
@@ -95,9 +137,10 @@ def test_ranking_signal_drives_the_heating_and_is_logged_each_round(reference, t
     run_dir = tmp_path / "tiny"
     metrics = rows(run_dir / "metrics.csv")
     assert len(metrics) == 6
-    for r in metrics:
-        assert 0 <= float(r["val_ndcg@10"]) <= 1 and 0 <= float(r["val_recall@10"]) <= 1
-        assert 0 < float(r["gamma"]) <= 1
+    for t in range(2):  # the heating of 1 - NDCG@10 on each client's validation users
+        ndcg = {int(r["client"]): float(r["val_ndcg@10"]) for r in metrics if int(r["round"]) == t}
+        got = [float(r["gamma"]) for r in metrics if int(r["round"]) == t]
+        assert got == pytest.approx(hand_gammas({c: 1 - v for c, v in ndcg.items()}, t), rel=1e-9)
     assert all(r["val_ndcg@10_std"] != "" for r in rows(run_dir / "rounds.csv"))
     # Round 0 trains exactly as the reference run (same seeds); only the heating's signal differs, so the gammas must.
     gammas = [float(r["gamma"]) for r in metrics if r["round"] == "0"]
@@ -203,17 +246,73 @@ def test_a_client_without_training_data_is_skipped(tmp_path):
 
 
 def test_ctrl_c_keeps_the_last_complete_round(tmp_path):
-    command = [sys.executable, "-m", "fellrec", "fit", *TINY, "--out_dir", str(tmp_path), "--fed.rounds", "5"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Started with SIGINT ignored, as a shell without job control starts a background command (`make test &` from a
+    # script): Python keeps it ignored unless fellrec installs its own handler, and the run went on to exit code 0.
+    command = [sys.executable, "-m", "fellrec", "fit", *TINY, "--out_dir", str(tmp_path), "--fed.rounds", "50"]
+    output = tmp_path / "output.txt"  # not a pipe: nobody reads it until the end, and a full pipe blocks the run
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process = subprocess.Popen(command, cwd=REPO, stdout=output.open("w"), stderr=subprocess.STDOUT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     run_dir = tmp_path / "tiny"
-    deadline = time.time() + 300
-    while not (run_dir / "round_000").is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 130 and "--resume" in output
-    assert (run_dir / "round_000" / "state.pt").is_file()
-    assert adapters(run_dir / "round_000")  # complete and readable
+    try:
+        deadline = time.time() + 600
+        # Any complete round will do: on a loaded machine round_000 may already be rotated out (keep_checkpoints).
+        while not list(run_dir.glob("round_[0-9]*")) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, output.read_text()[-3000:]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=180) == 130, output.read_text()[-3000:]
+    finally:
+        process.kill()
+    text = output.read_text()
+    last = re.search(r"interrupted: (round_\d+) is the last complete round; continue with `fellrec fit --resume ",
+                     text)
+    assert last and last.group(1) == sorted(p.name for p in run_dir.glob("round_[0-9]*"))[-1], text[-3000:]
+    assert (run_dir / last.group(1) / "state.pt").is_file()
+    assert adapters(run_dir / last.group(1))  # complete and readable
+
+
+class FakeFederation:
+    """Just the round loop's view of a Federation: counts the rounds it runs."""
+
+    def __init__(self, on_round):
+        self.start_round, self.is_main, self.rounds_run, self.on_round = 0, True, [], on_round
+
+    def run_round(self, round_idx: int, bars) -> bool:
+        self.rounds_run.append(round_idx)
+        self.on_round(round_idx)
+        return False
+
+
+def test_a_swallowed_interrupt_still_stops_the_rounds_at_the_next_boundary(tmp_path, capsys):
+    from fellrec.federation.fit import run_rounds
+
+    pressed = []  # what the CLI's SIGINT handler records; its KeyboardInterrupt is lost (a library ate it)
+    federation = FakeFederation(lambda round_idx: pressed.append(True) if round_idx == 1 else None)
+    cfg = SimpleNamespace(fed=SimpleNamespace(rounds=5, patience=5))
+    with pytest.raises(KeyboardInterrupt):
+        run_rounds(federation, cfg, tmp_path, interrupted=lambda: bool(pressed))
+    assert federation.rounds_run == [0, 1]
+    assert "interrupted before the first round checkpoint: nothing to resume" in capsys.readouterr().err
+
+
+def test_a_command_that_swallowed_ctrl_c_still_exits_130(monkeypatch):
+    from fellrec import cli
+
+    def swallow(cfg):
+        """Receives a Ctrl-C and, like a careless library, catches the KeyboardInterrupt."""
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here, on the first bytecode after the signal
+        except KeyboardInterrupt:
+            pass
+
+    monkeypatch.setitem(cli.COMMANDS, "swallow", swallow)
+    previous = signal.getsignal(signal.SIGINT)
+    assert cli.main(["swallow", *TINY]) == 130
+    assert signal.getsignal(signal.SIGINT) is previous  # the CLI's handler is gone again
 
 
 def test_test_command_writes_results_json(reference):
@@ -224,7 +323,7 @@ def test_test_command_writes_results_json(reference):
     results = json.loads((reference / "round_002" / "results.json").read_text())
     assert {"overall", "clients", "balance", "popularity"} <= set(results)
     assert [c["users"] for c in results["clients"]] == [2, 2, 2]
-    assert all(0 <= c[m] <= 1 for c in results["clients"] for m in ("recall@10", "ndcg@10", "hr@10"))
+    assert_consistent_report(results)
     assert set(results["balance"]["ndcg@10"]) == {"std", "min", "max_minus_min", "cv"}
     assert "ndcg@10" in results["popularity"] and "pop ndcg@10" in result.stdout
     assert (reference / "round_002" / "clients_ndcg10.png").stat().st_size > 5_000
