@@ -64,10 +64,32 @@ def test_resources_quick_writes_table_and_plot(tmp_path):
     values = [[float(c) for c in row.strip("|").split("|")] for row in rows]
     assert all(len(v) == len(header) for v in values)
     assert [v[0] for v in values] == [1, 2]
-    memory = header.index("client memory (MiB)")
-    assert values[0][memory] < values[1][memory]
-    assert report["rows"][0]["client_param_bytes"] < report["rows"][1]["client_param_bytes"]
-    assert (tmp_path / "resources.png").stat().st_size > 0
+    # By hand for conf/ml100k.yaml with --quick: tiny-llama (hidden 64, 4 layers, m = 1, nf4 server body), batch 4
+    # (train.micro_batch_size) x 64 tokens, LoRA r 8 on q_proj (64 -> 64) and v_proj (64 -> 32) in fp32.
+    assert (report["batch_size"], report["seq_len"], report["lora_r"], report["lora_targets"]) == \
+        (4, 64, 8, ["q_proj", "v_proj"])
+    assert report["steps_per_round"] == 5  # ceil(96 samples / 5 clients x 1 epoch / batch 4)
+    B, T, H, MIB = 4, 64, 64, 1024 ** 2
+    layer = 4 * 64 * 64 + 3 * 64 * 128 - 2 * 64 * 32 + 2 * 64
+    full = 49152 * 64 + 4 * layer + 64
+    step_bytes = (2 * B * T * H * 4 + 2 * B * T * 8) + 2 * B * T * H * 4  # up (h, grad, mask, positions) + down
+    for row, table_row in zip(report["rows"], values):
+        k = row["k"]
+        client_layers = k + 1
+        adapter = client_layers * 4 * 8 * ((64 + 64) + (64 + 32))  # A r x in + B out x r, q and v, per client block
+        assert row["client_param_bytes"] == 4 * (full - (4 - client_layers) * layer)
+        assert row["client_mib"] == pytest.approx(row["client_param_bytes"] / MIB, rel=1e-12)
+        assert row["kib_per_step"] == pytest.approx(step_bytes / 1024, rel=1e-12)
+        assert row["adapter_bytes_up_per_round"] == adapter
+        assert row["kib_per_round"] == pytest.approx((5 * step_bytes + adapter) / 1024, rel=1e-12)
+        assert row["overhead_ratio"] == pytest.approx(row["split_ms"] / row["unsplit_ms"], rel=1e-12)  # 1 repeat
+        # The markdown table shows these numbers, rounded as its header says.
+        shown = dict(zip(header, table_row))
+        assert shown["client memory (MiB)"] == round(row["client_mib"], 2)
+        assert shown["KiB up+down / step"] == round(step_bytes / 1024, 1)
+        assert shown["adapter up (KiB)"] == round(adapter / 1024, 1)
+        assert shown["overhead ratio"] == round(row["overhead_ratio"], 3)
+    assert (tmp_path / "resources.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_quick_writes_the_comparison(tmp_path):
