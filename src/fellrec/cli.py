@@ -1,15 +1,21 @@
 """The `fellrec` command line.
 
 Every command reads the same configuration: a YAML file given with `--config` (one mapping per section: data,
-partition, model, split) and any key overridden as `--section.key value`. Unknown keys and wrong types are refused
-with the key named. The resolved configuration is printed to stderr (stdout stays clean for `--json`).
+partition, model, split) and any key overridden as `--section.key value`. Unknown keys, wrong types, unknown choices
+and values out of range (config_checks.RULES) are refused before any work starts, with one line that names the key
+and exit code 1. The resolved configuration is printed to stderr (stdout stays clean for `--json`). Ctrl-C stops any
+command with exit code 130 (`fellrec fit` keeps its last complete round for `--resume`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from argparse import ArgumentError
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, Optional
@@ -20,6 +26,7 @@ from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 from fellrec import __version__
 from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, PrivacyArgs, SplitArgs,
                             TrainArgs)
+from fellrec.config_checks import check_config, parse_error_message
 from fellrec.errors import FellrecError
 
 SECTIONS = {"data": DataArgs, "partition": PartitionArgs, "model": ModelArgs, "split": SplitArgs, "fed": FedArgs,
@@ -70,7 +77,8 @@ def fit(cfg: Namespace) -> None:
         (run_dir / "config.yaml").write_text(config_text)
     run_config = RunConfig(name=cfg.name, out_dir=cfg.out_dir, keep_checkpoints=cfg.keep_checkpoints,
                            **{key: getattr(cfg, key) for key in SECTIONS})
-    last = run_fit(run_config, run_dir, resume=bool(cfg.resume), config_dict=yaml.safe_load(config_text))
+    last = run_fit(run_config, run_dir, resume=bool(cfg.resume), config_dict=yaml.safe_load(config_text),
+                   interrupted=lambda: CTRL_C.pressed)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(f"finished after round {last}; outputs in {run_dir}/")
 
@@ -146,7 +154,8 @@ def _summary(func) -> str:
 
 
 def _command_parser(func, prog: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=func.__doc__, allow_abbrev=False)
+    # exit_on_error=False: main() turns a parse error into one line and exit code 1, as a bad value.
+    parser = ArgumentParser(prog=prog, description=func.__doc__, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--config", action="config", help="A YAML config file (conf/ml100k.yaml, ...).")
     parser.add_argument("--name", type=str, default="ml100k", help="Run name: outputs go to OUT_DIR/NAME.")
     parser.add_argument("--out_dir", type=str, default="runs", help="Directory that holds the run directories.")
@@ -241,28 +250,75 @@ def _with_run_config(args: list[str]) -> list[str]:
             target = Path(inline or value)
             saved = (target if name == "--resume" else target.parent) / "config.yaml"
             if not saved.is_file():
-                print(f"fellrec: error: {saved}: no saved run config", file=sys.stderr)
-                sys.exit(1)
+                raise FellrecError("no saved run config", saved)
             return ["--config", str(saved), *args]
     return args
 
 
+class CtrlC:
+    """The SIGINT handler of every command: raise KeyboardInterrupt at once, as Python's own handler does, and
+    remember it, so that `fellrec fit` still stops at the next round boundary if the exception was swallowed on its
+    way up (raised inside a finalizer, or caught by a library's broad `except`)."""
+
+    def __init__(self):
+        self.pressed = False
+
+    def __call__(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+
+CTRL_C = CtrlC()
+
+
+@contextmanager
+def _ctrl_c_stops():
+    """Install CTRL_C for the command, whatever SIGINT's disposition was, and put the old handler back afterwards
+    (main() is also called in-process).
+
+    A shell without job control (`fellrec fit ... &` in a script, `make test &`, many CI runners) starts a background
+    command with SIGINT ignored, and Python keeps it ignored: Ctrl-C or `kill -INT` was then lost and the run went on
+    to the end with exit code 0. An interrupt here always stops the command with exit code 130."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    CTRL_C.pressed = False
+    previous = signal.signal(signal.SIGINT, CTRL_C)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def parse_config(func, path: tuple[str, ...], args: list[str]) -> Namespace:
+    """Parse and instantiate the command's configuration, and check every value's range before any work starts;
+    a FellrecError names the first bad key."""
+    parser = _command_parser(func, prog=f"fellrec {' '.join(path)}")
+    try:
+        cfg = parser.instantiate(parser.parse_args(args))
+    except ArgumentError as error:
+        raise FellrecError(parse_error_message(str(error), SECTIONS)) from None
+    check_config(cfg)
+    return cfg
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    path, func, rest = _find_command(sys.argv[1:] if argv is None else list(argv))
-    rest = _with_run_config(rest)
-    parser = _command_parser(func, prog=f"fellrec {' '.join(path)}")
-    cfg = parser.instantiate(parser.parse_args(rest))
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print(f"# fellrec {' '.join(path)}: resolved config\n{resolved_config_yaml(cfg)}", file=sys.stderr)
-    try:
-        func(cfg)
-    except FellrecError as error:
-        print(f"fellrec: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fellrec: interrupted", file=sys.stderr)
-        return 130
+    with _ctrl_c_stops():
+        try:
+            path, func, rest = _find_command(sys.argv[1:] if argv is None else list(argv))
+            cfg = parse_config(func, path, _with_run_config(rest))
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                print(f"# fellrec {' '.join(path)}: resolved config\n{resolved_config_yaml(cfg)}", file=sys.stderr)
+            func(cfg)
+            if CTRL_C.pressed:  # the KeyboardInterrupt was swallowed on its way up: the command still counts as stopped
+                raise KeyboardInterrupt
+        except FellrecError as error:
+            print(f"fellrec: error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("fellrec: interrupted", file=sys.stderr)
+            return 130
     return 0
 
 

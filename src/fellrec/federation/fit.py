@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
-from fellrec.errors import FellrecError
+from fellrec.federation.checkpoint import latest_round_dir
 from fellrec.federation.orchestrator import Federation, RunConfig, precision_for
 
 
@@ -42,15 +43,17 @@ def make_fabric(cfg: RunConfig):
 
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     devices = int(os.environ.get("WORLD_SIZE", cfg.train.devices))  # torchrun decides the process count
-    if devices < 1:
-        raise FellrecError(f"train.devices must be at least 1, got {devices}")
     strategy = "ddp" if devices > 1 else "auto"
     return Fabric(accelerator=accelerator, devices=devices, strategy=strategy,
                   precision=precision_for(cfg.train, accelerator))
 
 
-def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
-    """Run the federated training, then evaluate the best adapters; returns the last completed round."""
+def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict,
+        interrupted: Callable[[], bool] = lambda: False) -> int:
+    """Run the federated training, then evaluate the best adapters; returns the last completed round.
+
+    `interrupted` says whether a Ctrl-C came (the CLI's SIGINT handler records it): the round loop stops at the next
+    round boundary even when the KeyboardInterrupt itself was swallowed somewhere."""
     fabric = make_fabric(cfg)
     fabric.launch()
     from fellrec.reporting.round_log import RoundLog
@@ -62,7 +65,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
         federation.round_log = RoundLog(run_dir, cfg.log.wandb, cfg.log.project, cfg.name, config_dict)
         federation.round_log.truncate_after(federation.start_round - 1)
     try:
-        last = run_rounds(federation, cfg, run_dir)
+        last = run_rounds(federation, cfg, run_dir, interrupted)
         if federation.is_main and last >= 0:
             report(federation, cfg, run_dir)
         fabric.barrier()  # the other processes wait for rank 0's evaluation
@@ -72,7 +75,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool, config_dict: dict) -> int:
     return last
 
 
-def run_rounds(federation: Federation, cfg: RunConfig, run_dir: Path) -> int:
+def run_rounds(federation: Federation, cfg: RunConfig, run_dir: Path,
+               interrupted: Callable[[], bool] = lambda: False) -> int:
     bars = Bars(cfg.fed.rounds, federation.start_round, federation.is_main and sys.stderr is not None)
     last = federation.start_round - 1
     try:
@@ -80,6 +84,8 @@ def run_rounds(federation: Federation, cfg: RunConfig, run_dir: Path) -> int:
             stop = federation.run_round(round_idx, bars)
             bars.rounds.update(1)
             last = round_idx
+            if interrupted():  # its KeyboardInterrupt was lost on the way up (see cli.CtrlC)
+                raise KeyboardInterrupt
             if stop:
                 if federation.is_main:
                     tqdm.write(f"early stop after round {round_idx}: no gain in the mean validation loss for "
@@ -87,12 +93,21 @@ def run_rounds(federation: Federation, cfg: RunConfig, run_dir: Path) -> int:
                 break
     except KeyboardInterrupt:
         if federation.is_main:
-            tqdm.write(f"\ninterrupted: round checkpoints up to round {last} are complete; continue with "
-                       f"`fellrec fit --resume {run_dir}`", file=sys.stderr)
+            tqdm.write(interrupted_message(run_dir), file=sys.stderr)
         raise
     finally:
         bars.close()
     return last
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What survives: read from the disk, since the interrupt may land after a round's checkpoint was renamed into
+    place but before the loop counted the round."""
+    latest = latest_round_dir(run_dir)
+    if latest is None:
+        return "\ninterrupted before the first round checkpoint: nothing to resume, start the run again"
+    return (f"\ninterrupted: {latest.name} is the last complete round; continue with "
+            f"`fellrec fit --resume {run_dir}`")
 
 
 def report(federation: Federation, cfg: RunConfig, run_dir: Path) -> None:
