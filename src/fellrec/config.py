@@ -139,6 +139,10 @@ class FedArgs:
     """fellrec: linear (s+1)/2 weights (the release) or softmax attention over cosine similarities."""
     tau: float = 1.0
     """fellrec with softmax weighting: temperature."""
+    similarity_on: Literal["params", "update", "drift", "product"] = "update"
+    """fellrec: what the cosine between clients compares: `update` (this round's uploaded change; measured best on
+    validation NDCG@10, experiments/results/ml100k/similarity_modes.md), `params` (whole adapters, the release:
+    near-uniform weights), `drift` (change since the common initial adapter), `product` (each LoRA module's B.A)."""
     heating: bool = True
     """fellrec: curriculum heating of the aggregation weights (False: gamma = 1, the ablation)."""
     dynamic: bool = True

@@ -102,9 +102,15 @@ def test_fit_writes_rounds_logs_and_personalised_adapters(reference):
     # Where the run logs its cosines, the weights follow from them exactly.
     cosine = {(int(w["round"]), int(w["i"]), int(w["j"])): float(w["cosine"])
               for w in rows(reference / "similarity.csv")}
+    assert len(cosine) == 3 * 3 * 3  # fed.similarity_on (update by default) reaches the logs every round
     for (t, i, j), c in cosine.items():
         if i != j:
             assert s_hat[(t, i, j)] == pytest.approx((c + 1) / 2, rel=1e-9), (t, i, j)
+    # The logged off-diagonal spread of each round's weights, recomputed from weights.csv.
+    for r in rows(reference / "rounds.csv"):
+        t = int(r["round"])
+        off = [w for (u, i, j), w in weights.items() if u == t and i != j]
+        assert float(r["weights_offdiag_range"]) == pytest.approx(max(off) - min(off), rel=1e-6)
     losses = [float(r["mean_val_loss"]) for r in rows(reference / "rounds.csv")]
     assert losses[2] < losses[0]  # training helps the validation loss
     final = adapters(reference / "round_002")

@@ -105,6 +105,7 @@ class Federation:
         self.ids = sorted(self.clients)
         for c in self.ids:
             self.store.state(c)  # every client starts from the same initial adapter
+        self.strategy.set_initial(self.store.state(self.ids[0]))  # rebuilt from the seed on resume too
         self.trainable = [c for c in self.ids if self.clients[c].train]
         for c in sorted(set(self.ids) - set(self.trainable)):
             if cfg.fed.strategy != "centralized":
@@ -227,6 +228,8 @@ class Federation:
         sampled = self.sample_clients(round_idx)
         steps = sum(math.ceil(len(self.clients[c].train) / self.cfg.train.batch_size) for c in self.mine(sampled))
         bars.start_round(round_idx, len(self.mine(sampled)), steps * self.cfg.train.local_epochs)
+        # What each client held when the round began: FELLRec's `update` similarity compares the uploaded changes.
+        start = {c: {n: t.detach().cpu().clone() for n, t in self.store.state(c).items()} for c in sampled}
         local = {}
         for client in self.mine(sampled):
             t0 = time.perf_counter()
@@ -245,7 +248,7 @@ class Federation:
                 self.optimizer_states[c] = payload["optimizer"]
         weights = None
         if ok:
-            weights = self.aggregate(round_idx, ok, results)
+            weights = self.aggregate(round_idx, ok, results, {c: start[c] for c in ok})
         val = self.gather({c: self.validate_client(c) for c in self.mine(self.ids)})
         ranking = {}
         if self.round_eval is not None:  # eval.per_round, or a ranking signal
@@ -261,13 +264,15 @@ class Federation:
         self.fabric.barrier()
         return stop
 
-    def aggregate(self, round_idx: int, participants: list[int], results: dict) -> Optional[list[list[float]]]:
+    def aggregate(self, round_idx: int, participants: list[int], results: dict,
+                  start_states: dict) -> Optional[list[list[float]]]:
         signals = {c: results[c][0].train_loss for c in participants}
         if self.cfg.fed.signal == "val_loss" or self.ranking_signal:
             signals = {c: results[c][2] for c in participants}
         states = {c: self.store.state(c) for c in self.ids}
         num_samples = {c: len(self.clients[c].train) for c in participants}
-        new = self.strategy.aggregate_round(states, num_samples, signals, round_idx, participants)
+        new = self.strategy.aggregate_round(states, num_samples, signals, round_idx, participants,
+                                            start_states=start_states)
         for c in self.ids:
             self.store.set_state(c, new[c])
         matrix = getattr(self.strategy, "last_weights", None)
@@ -306,7 +311,9 @@ class Federation:
         if ndcg:
             spread = balance(ndcg)
             round_row.update({"val_ndcg@10_std": spread["std"], "val_ndcg@10_worst": spread["min"]})
-        self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok))
+        similarity = getattr(self.strategy, "last_similarity", None) if ok else None
+        self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok),
+                                 similarity.tolist() if similarity is not None else None)
         tqdm.write(f"round {round_idx}: mean val loss {mean:.4f} | " + "  ".join(
             f"c{r['client']} train {_fmt(r['train_loss'])} val {_fmt(r['val_loss'])}" for r in rows), file=sys.stderr)
 
@@ -360,7 +367,7 @@ def strategy_options(fed: FedArgs) -> dict:
     if fed.strategy == "fellrec":
         return {"similarity_weighting": fed.similarity_weighting, "tau": fed.tau, "heating": fed.heating,
                 "dynamic": fed.dynamic, "alpha": fed.alpha, "beta": fed.beta, "temperature": fed.temperature,
-                "signal": fed.signal}
+                "signal": fed.signal, "similarity_on": fed.similarity_on}
     return {}
 
 
