@@ -52,6 +52,19 @@ def test_bench_generation_quick_json():
     assert report["item_embedding"]["items"] == 1682  # every ML-100K title
 
 
+def test_bench_lm_head_json_both_losses_agree():
+    result = subprocess.run([sys.executable, "experiments/bench_lm_head.py", "--model", "tiny-llama", "--quantize",
+                             "none", "--micro-batches", "2", "--micro-batch-size", "2", "--repeats", "2", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["samples"], report["repeats"]) == (4, 2)
+    # The head at labelled positions only is the same loss as the head over every position (fp32, same dropout).
+    assert report["loss_difference"] < 1e-4
+    assert report["speedup"] == pytest.approx(
+        report["labelled_only_samples_per_s"] / report["every_position_samples_per_s"], rel=1e-12)
+
+
 def test_resources_quick_writes_table_and_plot(tmp_path):
     result = subprocess.run([sys.executable, "experiments/resources.py", "--quick", "--json", "--out", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=600)

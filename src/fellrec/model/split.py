@@ -13,11 +13,12 @@ from typing import Optional
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fellrec.config import ModelArgs, SplitArgs
 from fellrec.errors import FellrecError
-from fellrec.model.blocks import causal_lm_loss, layer_types, position_ids_from_mask, run_blocks
+from fellrec.model.blocks import IGNORE_INDEX, causal_lm_loss, layer_types, position_ids_from_mask, run_blocks
 from fellrec.model.link import BoundaryLink
 from fellrec.model.loading import load_base_model, torch_dtype
 from fellrec.model.lora import adapter_parameters, attach_lora
@@ -47,24 +48,41 @@ class ClientModule(L.LightningModule):
         return run_blocks(self.head_blocks, self.head_kinds, self.rotary_emb, self.model_config, h, attention_mask,
                           position_ids), position_ids
 
-    def tail(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """The last m blocks, the final norm and the LM head: logits."""
+    def tail_hidden(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The last m blocks and the final norm: the states the LM head reads."""
         h = run_blocks(self.tail_blocks, self.tail_kinds, self.rotary_emb, self.model_config, h, attention_mask,
                        position_ids)
-        return self.lm_head(self.norm(h))
+        return self.norm(h)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits of the whole split model; the middle runs on the server through the link."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+    def tail(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The last m blocks, the final norm and the LM head: logits."""
+        return self.lm_head(self.tail_hidden(h, attention_mask, position_ids))
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states of the whole split model; the middle runs on the server through the link."""
         h, position_ids = self.head(input_ids, attention_mask)
         h = self.link(h, attention_mask, position_ids)
-        return self.tail(h, attention_mask, position_ids)
+        return self.tail_hidden(h, attention_mask, position_ids)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of the whole split model at every position."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.lm_head(self.hidden(input_ids, attention_mask))
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """Causal-LM loss of a batch {input_ids, attention_mask, labels} (labels -100 are ignored)."""
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
-        return causal_lm_loss(logits, batch["labels"])
+        """Causal-LM loss of a batch {input_ids, attention_mask, labels} (labels -100 are ignored).
+
+        The LM head runs only where a label is read: a BIGRec sample labels its ~10 response tokens out of ~120, and
+        the head (hidden x 49,152 for SmolLM2) over every position, copied to fp32, was a fifth of the step."""
+        input_ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.hidden(input_ids, attention_mask)[:, :-1]
+        targets = batch["labels"][:, 1:].to(hidden.device)
+        read = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[read]).float()
+        return F.cross_entropy(logits, targets[read])
 
     def training_step(self, batch: dict, batch_idx: int = 0) -> torch.Tensor:
         # backward() on this loss also runs the server's backward through the link (its adapters get grads);
