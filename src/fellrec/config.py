@@ -220,6 +220,10 @@ class EvalArgs:
     """l2: nearest item titles to the generated text (BIGRec); constrained: beam search limited to real titles."""
     popularity_aware: bool = False
     """BIGRec's popularity-aware grounding, its exponent chosen on validation users only."""
+    mask: Literal["prompt", "history"] = "prompt"
+    """Items never recommended to a user: `prompt` masks the prompt's items (FELLRec's protocol); `history` masks
+    every item of the user's training and validation history (the usual full-ranking protocol). Popularity is ranked
+    under the same mask, and results.json says which (`protocol`)."""
     users_per_client: Optional[int] = None
     """Evaluate this many test users per client, drawn with `seed` (null: all)."""
     seed: int = 42

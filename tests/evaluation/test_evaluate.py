@@ -128,6 +128,30 @@ def test_evaluate_clients_known_answers(setup, catalogue, scripted):
     assert speed["item_embedding_seconds"] == 0.25 and speed["item_index_cached"] is False
 
 
+def test_history_mask_hides_training_and_validation_items_from_model_and_popularity(setup, catalogue, scripted):
+    """eval.mask history: user 4 (prompt 5 6 7, trained on 0, validation target 7, test target 9) writes item 0;
+    from x = 0 the order is 0 1 2 3 4 5 6 7 8 9, with 0 5 6 7 masked -> 1 2 3 4 8 9: target at rank 6 (rank 7
+    under the prompt mask, which leaves 0 in). Popularity (0: 6 users, 1: 2, then 3 and 5: 1 each) for user 0
+    (prompt 1 2 3, trained on 0 1, target 5): the prompt mask gives 0 5 (target at rank 2), the history mask 5
+    (rank 1)."""
+    model, store, tokenizer, _, _ = setup
+    partition = Partition({"0": 0, "1": 0, "2": 0, "3": 0, "4": 1, "5": 1}, num_clients=3)
+    writes = {("5", "6", "7"): "0", ("6", "7", "8"): "11"}
+    scripted(lambda client, history: writes.get(history, "11"), catalogue.test)
+    reports = {mask: evaluate_clients(model, store, tokenizer, catalogue, partition, style=PromptStyle(), ks=KS,
+                                      item_index=line_index(), keep_predictions=True, mask=mask, **FAST)
+               for mask in ("prompt", "history")}
+    assert [r["protocol"] for r in reports.values()] == ["prompt", "history"]
+    assert reports["history"]["predictions"][1]["ranked"][0] == ["1", "2", "3", "4", "8", "9", "10", "11"]
+    assert reports["prompt"]["predictions"][1]["ranked"][0][:7] == ["0", "1", "2", "3", "4", "8", "9"]
+    r2 = 1 / math.log2(3)
+    assert reports["prompt"]["popularity_clients"][0]["ndcg@5"] == pytest.approx(r2 / 4, abs=1e-12)
+    assert reports["history"]["popularity_clients"][0]["ndcg@5"] == pytest.approx(1 / 4, abs=1e-12)
+    with pytest.raises(FellrecError, match="eval.mask"):
+        evaluate_clients(model, store, tokenizer, catalogue, partition, style=PromptStyle(), ks=KS,
+                         item_index=line_index(), mask="everything", **FAST)
+
+
 def test_evaluate_clients_report_on_the_real_model(setup, catalogue):
     """The tiny model writes for real: each client with its own adapter, rankings that skip the history, and metrics
     that are those of the reported rankings."""

@@ -66,7 +66,7 @@ def evaluate_test_users(ev, style: PromptStyle, model, store, tokenizer, data, p
     if ev.popularity_aware:
         pop_gamma, _ = tune_pop_gamma(model, store, tokenizer, data, partition, style, index, **options)
     results = evaluate_clients(model, store, tokenizer, data, partition, samples, style, item_index=index,
-                               pop_gamma=pop_gamma, **options)
+                               pop_gamma=pop_gamma, mask=ev.mask, **options)
     plot_client_bars(results, "ndcg@10", out_dir / "clients_ndcg10.png")
     return results
 
@@ -111,7 +111,7 @@ def format_results(results: dict, metrics: tuple[str, ...] = ("recall@10", "ndcg
     """The per-client console table, overall, popularity beside it, and the balance figures."""
     popular = {row["client"]: row for row in results["popularity_clients"]}
     head = f"{'client':>8} {'users':>6} " + " ".join(f"{m:>10}" for m in metrics) + f" {'pop ndcg@10':>12}"
-    lines = [head]
+    lines = [f"protocol: {results.get('protocol', 'prompt')} items masked (model and popularity alike)", head]
     for row in results["clients"]:
         lines.append(f"{row['client']:>8} {row['users']:>6} " + " ".join(f"{row[m]:>10.4f}" for m in metrics)
                      + f" {popular[row['client']]['ndcg@10']:>12.4f}")

@@ -24,6 +24,25 @@ def client_samples(partition, samples: Sequence[Sample]) -> dict[int, list[Sampl
     return {c: s for c, s in enumerate(partition.split_samples(list(samples))) if s}
 
 
+MASKS = ("prompt", "history")
+
+
+def masked_items(data: RecData, samples: Sequence[Sample], mask: str = "prompt") -> list[set[str]]:
+    """The items each user must not be recommended: the prompt's items, or (`history`) also every other item of the
+    user's training interactions and validation targets. A sample's own targets are never masked, so the same rule
+    serves validation users (whose validation target is the answer) and test users."""
+    if mask not in MASKS:
+        raise FellrecError(f"unknown eval.mask {mask!r}: use one of {', '.join(MASKS)}")
+    if mask == "prompt":
+        return [set(s.history) for s in samples]
+    seen: dict[str, set[str]] = {}
+    for user, item in data.train_pairs:
+        seen.setdefault(user, set()).add(item)
+    for s in data.valid:
+        seen.setdefault(s.user, set()).update(s.targets)
+    return [(seen.get(s.user, set()) | set(s.history)) - set(s.targets) for s in samples]
+
+
 def predict_embeddings(model, store, tokenizer, titles: dict[str, str], samples_per_client: dict[int, list[Sample]],
                        style: PromptStyle, num_beams: int = 4, max_new_tokens: int = 24, batch_size: int = 8,
                        trie: Optional[TitleTrie] = None, progress=None) -> dict[int, tuple[list[str], torch.Tensor]]:
@@ -47,11 +66,13 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
                      samples_per_client: Optional[dict[int, list[Sample]]] = None, style: PromptStyle = PromptStyle(),
                      ks: Sequence[int] = DEFAULT_KS, num_beams: int = 4, max_new_tokens: int = 24,
                      item_index: Optional[ItemIndex] = None, pop_gamma: float = 0.0, grounding: str = "l2",
-                     batch_size: int = 16, progress: bool = True, keep_predictions: bool = False) -> dict:
+                     batch_size: int = 16, progress: bool = True, keep_predictions: bool = False,
+                     mask: str = "prompt") -> dict:
     """Metrics of every client's own adapter on its users (default: its test users under `partition`).
 
     Returns {overall, clients, balance, popularity, popularity_clients, speed, ...}; metric dicts are keyed by
-    name (`ndcg@10`). Clients without users are listed in `skipped_clients`, not scored.
+    name (`ndcg@10`). Clients without users are listed in `skipped_clients`, not scored. `mask` (see
+    `masked_items`) applies to the model and to popularity alike, and is reported as `protocol`.
     """
     if samples_per_client is None:
         if partition is None:
@@ -69,17 +90,17 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
         predicted = predict_embeddings(model, store, tokenizer, data.titles, samples_per_client, style, num_beams,
                                        max_new_tokens, batch_size, title_trie(tokenizer, item_index, grounding), bar)
     per_client, rankings = {}, {}
+    masked = {c: masked_items(data, s, mask) for c, s in samples_per_client.items()}
     for client, samples in samples_per_client.items():
-        rankings[client] = ground(predicted[client][1], item_index, [s.history for s in samples], max(ks),
-                                  popularity, pop_gamma)
+        rankings[client] = ground(predicted[client][1], item_index, masked[client], max(ks), popularity, pop_gamma)
         per_client[client] = mean_metrics(rankings[client], [set(s.targets) for s in samples], ks)
     seconds = time.perf_counter() - start
     users = {c: len(s) for c, s in samples_per_client.items()}
     report = _report(per_client, users)
-    report.update(_popularity_report(data, samples_per_client, ks))
+    report.update(_popularity_report(data, samples_per_client, masked, ks))
     report["speed"] = {"users": n_users, "seconds": seconds, "users_per_second": n_users / seconds,
                        "item_embedding_seconds": item_index.build_seconds, "item_index_cached": item_index.from_cache}
-    report.update(pop_gamma=pop_gamma, grounding=grounding, num_beams=num_beams,
+    report.update(protocol=mask, pop_gamma=pop_gamma, grounding=grounding, num_beams=num_beams,
                   skipped_clients=sorted(set(range(partition.num_clients)) - set(users)) if partition else [])
     if keep_predictions:
         report["predictions"] = {c: {"generated": predicted[c][0], "ranked": rankings[c]} for c in rankings}
@@ -95,10 +116,11 @@ def _report(per_client: dict[int, dict[str, float]], users: dict[int, int]) -> d
     }
 
 
-def _popularity_report(data: RecData, samples_per_client: dict[int, list[Sample]], ks: Sequence[int]) -> dict:
-    """The popularity ranker on exactly the same users: the floor an LLM recommender has to beat."""
+def _popularity_report(data: RecData, samples_per_client: dict[int, list[Sample]],
+                       masked: dict[int, list[set[str]]], ks: Sequence[int]) -> dict:
+    """The popularity ranker on exactly the same users and mask: the floor an LLM recommender has to beat."""
     ranker = PopularityRanker(data.train_pairs)
-    per_client = {c: mean_metrics(ranker.rank_samples(s, max(ks)), [set(x.targets) for x in s], ks)
+    per_client = {c: mean_metrics([ranker.recommend(m, max(ks)) for m in masked[c]], [set(x.targets) for x in s], ks)
                   for c, s in samples_per_client.items()}
     users = {c: len(s) for c, s in samples_per_client.items()}
     return {"popularity": weighted_overall(per_client, users),

@@ -37,6 +37,6 @@ class RoundEvaluator:
                                   samples_per_client={client: self.samples[client]}, style=self.style,
                                   num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
                                   item_index=self.index, grounding=self.args.grounding,
-                                  batch_size=self.args.batch_size, progress=False)
+                                  batch_size=self.args.batch_size, progress=False, mask=self.args.mask)
         row = report["clients"][0]
         return {name: row[name] for name in ROUND_METRICS}
