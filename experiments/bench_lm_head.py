@@ -1,5 +1,6 @@
-"""The generative training step with the LM head over every position (before) against the head only at labelled
-positions (now), on the same ML-100K BIGRec micro-batches, one loaded model, interleaved repeats, medians.
+"""The generative training step three ways on the same ML-100K BIGRec micro-batches, one loaded model, interleaved
+repeats, medians: the LM head over every position in fp32 (before), the head only at labelled positions in fp32, and
+the same under bf16 autocast (what `train.precision: auto` picks on an AVX512-BF16 or AMX CPU).
 
     python experiments/bench_lm_head.py                       # SmolLM2 (nf4 middle, fp32), 4 x 4 samples, 5 repeats
     python experiments/bench_lm_head.py --json                # one JSON object on stdout
@@ -57,7 +58,12 @@ def main() -> None:
     encoded = [encode(*render(s, data.titles, PromptStyle()), tokenizer, margs.max_length) for s in data.train]
     batches = [collate(encoded[i:i + args.micro_batch_size], tokenizer.pad_token_id)
                for i in range(0, len(encoded), args.micro_batch_size)]
-    ways = {"every_position": lambda b: every_position_loss(client, b), "labelled_only": client.loss}
+    def bf16_loss(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return client.loss(batch)
+
+    ways = {"every_position": lambda b: every_position_loss(client, b), "labelled_only": client.loss,
+            "labelled_only_bf16": bf16_loss}
     seconds = {name: [] for name in ways}
     losses = {}
     for _ in range(args.repeats):  # interleaved: machine noise hits both ways alike
@@ -68,7 +74,9 @@ def main() -> None:
     samples = len(encoded)
     out = {f"{name}_samples_per_s": samples / statistics.median(s) for name, s in seconds.items()}
     out["speedup"] = out["labelled_only_samples_per_s"] / out["every_position_samples_per_s"]
+    out["bf16_speedup"] = out["labelled_only_bf16_samples_per_s"] / out["labelled_only_samples_per_s"]
     out["loss_difference"] = abs(losses["labelled_only"] - losses["every_position"])
+    out["bf16_loss_difference"] = abs(losses["labelled_only_bf16"] - losses["labelled_only"])
     out.update(model=args.model, quantize=args.quantize, samples=samples, repeats=args.repeats,
                mean_tokens=sum(len(e.input_ids) for e in encoded) / samples)
     if args.json:

@@ -63,6 +63,8 @@ def test_bench_lm_head_json_both_losses_agree():
     assert report["loss_difference"] < 1e-4
     assert report["speedup"] == pytest.approx(
         report["labelled_only_samples_per_s"] / report["every_position_samples_per_s"], rel=1e-12)
+    assert report["bf16_speedup"] == pytest.approx(
+        report["labelled_only_bf16_samples_per_s"] / report["labelled_only_samples_per_s"], rel=1e-12)
 
 
 def test_resources_quick_writes_table_and_plot(tmp_path):
