@@ -45,3 +45,10 @@ def test_collate_pads_on_the_left(tokenizer):
     assert batch["attention_mask"][1].tolist() == [0] * (width - short) + [1] * short
     assert (batch["labels"][1, : width - short] == IGNORE_INDEX).all()
     assert (batch["input_ids"][1, : width - short] == tokenizer.pad_token_id).all()
+
+
+def test_a_max_length_without_room_for_the_prompt_is_a_clear_error(tokenizer):
+    from fellrec.errors import FellrecError
+
+    with pytest.raises(FellrecError, match="model.max_length 3 leaves no room"):
+        encode(PromptStyle().prompt(["Toy Story (1995)"]), '"Heat (1995)"', tokenizer, 3)

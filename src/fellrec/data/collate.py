@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fellrec.errors import FellrecError
+
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 
 
@@ -26,8 +28,8 @@ def encode(prompt: str, response: str, tokenizer, max_length: int, train_on_inpu
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(response_ids)
     if room < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for a prompt before a "
-                         f"{len(response_ids)}-token response")
+        raise FellrecError(f"model.max_length {max_length} leaves no room for a prompt before a "
+                           f"{len(response_ids)}-token response: raise it")
     truncated = len(prompt_ids) > room
     prompt_ids = prompt_ids[-room:]
     prompt_labels = list(prompt_ids) if train_on_inputs else [IGNORE_INDEX] * len(prompt_ids)
