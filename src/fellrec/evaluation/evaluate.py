@@ -27,20 +27,21 @@ def client_samples(partition, samples: Sequence[Sample]) -> dict[int, list[Sampl
 MASKS = ("prompt", "history")
 
 
-def masked_items(data: RecData, samples: Sequence[Sample], mask: str = "prompt") -> list[set[str]]:
-    """The items each user must not be recommended: the prompt's items, or (`history`) also every other item of the
-    user's training interactions and validation targets. A sample's own targets are never masked, so the same rule
-    serves validation users (whose validation target is the answer) and test users."""
+def masked_items(data: RecData, samples_per_client: dict[int, list[Sample]],
+                 mask: str = "prompt") -> dict[int, list[set[str]]]:
+    """Per client, the items each user must not be recommended: the prompt's items, or (`history`) also every other
+    item of the user's training interactions and validation targets. A sample's own targets are never masked, so the
+    same rule serves validation users (whose validation target is the answer) and test users."""
     if mask not in MASKS:
         raise FellrecError(f"unknown eval.mask {mask!r}: use one of {', '.join(MASKS)}")
-    if mask == "prompt":
-        return [set(s.history) for s in samples]
     seen: dict[str, set[str]] = {}
-    for user, item in data.train_pairs:
-        seen.setdefault(user, set()).add(item)
-    for s in data.valid:
-        seen.setdefault(s.user, set()).update(s.targets)
-    return [(seen.get(s.user, set()) | set(s.history)) - set(s.targets) for s in samples]
+    if mask == "history":
+        for user, item in data.train_pairs:
+            seen.setdefault(user, set()).add(item)
+        for s in data.valid:
+            seen.setdefault(s.user, set()).update(s.targets)
+    return {c: [(seen.get(s.user, set()) | set(s.history)) - set(s.targets) for s in samples]
+            for c, samples in samples_per_client.items()}
 
 
 def predict_embeddings(model, store, tokenizer, titles: dict[str, str], samples_per_client: dict[int, list[Sample]],
@@ -84,13 +85,13 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
     if item_index is None:
         item_index = ItemIndex.build(model, tokenizer, data.titles)
     popularity = item_index.popularity(data.train_pairs) if pop_gamma else None
+    masked = masked_items(data, samples_per_client, mask)  # before the generation: a bad mask costs nothing
     n_users = sum(len(s) for s in samples_per_client.values())
     start = time.perf_counter()
     with tqdm(total=n_users, desc="evaluating users", unit="user", disable=not progress) as bar:
         predicted = predict_embeddings(model, store, tokenizer, data.titles, samples_per_client, style, num_beams,
                                        max_new_tokens, batch_size, title_trie(tokenizer, item_index, grounding), bar)
     per_client, rankings = {}, {}
-    masked = {c: masked_items(data, s, mask) for c, s in samples_per_client.items()}
     for client, samples in samples_per_client.items():
         rankings[client] = ground(predicted[client][1], item_index, masked[client], max(ks), popularity, pop_gamma)
         per_client[client] = mean_metrics(rankings[client], [set(s.targets) for s in samples], ks)

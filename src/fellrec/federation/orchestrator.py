@@ -242,8 +242,9 @@ class Federation:
         sampled = self.sample_clients(round_idx)
         steps = sum(math.ceil(len(self.clients[c].train) / self.cfg.train.batch_size) for c in self.mine(sampled))
         bars.start_round(round_idx, len(self.mine(sampled)), steps * self.cfg.train.local_epochs)
-        # What each client held when the round began: FELLRec's `update` similarity compares the uploaded changes.
-        start = {c: {n: t.detach().cpu().clone() for n, t in self.store.state(c).items()} for c in sampled}
+        # What each client held when the round began (FELLRec's `update` similarity compares the uploaded changes).
+        # No copy needed: the store replaces a client's tensors, it never writes into them.
+        start = {c: self.store.state(c) for c in sampled}
         local = {}
         for client in self.mine(sampled):
             t0 = time.perf_counter()
@@ -262,7 +263,7 @@ class Federation:
                 self.optimizer_states[c] = payload["optimizer"]
         weights = None
         if ok:
-            weights = self.aggregate(round_idx, ok, results, {c: start[c] for c in ok})
+            weights = self.aggregate(round_idx, ok, results, start)
         val = self.gather({c: self.validate_client(c) for c in self.mine(self.ids)})
         ranking = {}
         if self.round_eval is not None:  # eval.per_round, or a ranking signal
@@ -325,7 +326,7 @@ class Federation:
         if ndcg:
             spread = balance(ndcg)
             round_row.update({"val_ndcg@10_std": spread["std"], "val_ndcg@10_worst": spread["min"]})
-        similarity = getattr(self.strategy, "last_similarity", None) if ok else None
+        similarity = self.strategy.last_similarity if ok else None
         self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok),
                                  similarity.tolist() if similarity is not None else None)
         tqdm.write(f"round {round_idx}: mean val loss {mean:.4f} | " + "  ".join(

@@ -58,27 +58,25 @@ class ClientModule(L.LightningModule):
         """The last m blocks, the final norm and the LM head: logits."""
         return self.lm_head(self.tail_hidden(h, attention_mask, position_ids))
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Final-norm hidden states of the whole split model; the middle runs on the server through the link."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         h, position_ids = self.head(input_ids, attention_mask)
         h = self.link(h, attention_mask, position_ids)
         return self.tail_hidden(h, attention_mask, position_ids)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits of the whole split model at every position."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         return self.lm_head(self.hidden(input_ids, attention_mask))
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Causal-LM loss of a batch {input_ids, attention_mask, labels} (labels -100 are ignored).
 
-        The LM head runs only where a label is read: a BIGRec sample labels its ~10 response tokens out of ~120, and
-        the head (hidden x 49,152 for SmolLM2) over every position, copied to fp32, was a fifth of the step."""
-        input_ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = self.hidden(input_ids, attention_mask)[:, :-1]
+        The LM head runs only where a label is read: a BIGRec sample labels only its response tokens, and the head
+        (hidden x 49,152 for SmolLM2) over every position, copied to fp32, made the step 1.55-1.72x slower
+        (experiments/bench_lm_head.py)."""
+        hidden = self.hidden(batch["input_ids"], batch.get("attention_mask"))[:, :-1]
         targets = batch["labels"][:, 1:].to(hidden.device)
         read = targets != IGNORE_INDEX
         logits = self.lm_head(hidden[read]).float()
