@@ -66,7 +66,7 @@ def setups(base: RunConfig) -> dict[str, RunConfig]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=REPO / "conf" / "ml100k.yaml")
+    parser.add_argument("--config", type=Path, default=REPO / "conf" / "ml100k-generative.yaml")
     parser.add_argument("--train-samples", type=int, default=64)
     parser.add_argument("--valid-samples", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)

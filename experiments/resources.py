@@ -17,7 +17,7 @@ Columns:
 - split / unsplit: median ms of one LoRA step through the link and as one unsplit model; overhead = the median of the
   per-repeat ratios split / unsplit.
 
-    python experiments/resources.py                        # conf/ml100k.yaml (SmolLM2-135M, nf4 middle), k 0 1 2 4 8
+    python experiments/resources.py                        # conf/ml100k-generative.yaml (SmolLM2, nf4 middle), k 0-8
     python experiments/resources.py --quick --out /tmp/r   # the tiny test model, k 1 2, 1 repeat: seconds
 """
 
@@ -169,7 +169,7 @@ def write_plot(path: Path, rows: list[dict], title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=REPO / "conf" / "ml100k.yaml")
+    parser.add_argument("--config", type=Path, default=REPO / "conf" / "ml100k-generative.yaml")
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="head depths k (default 0 1 2 4 8)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per arm (default 5; --quick: 1)")
     parser.add_argument("--batch-size", type=int, default=None,

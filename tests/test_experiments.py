@@ -79,7 +79,7 @@ def test_resources_quick_writes_table_and_plot(tmp_path):
     values = [[float(c) for c in row.strip("|").split("|")] for row in rows]
     assert all(len(v) == len(header) for v in values)
     assert [v[0] for v in values] == [1, 2]
-    # By hand for conf/ml100k.yaml with --quick: tiny-llama (hidden 64, 4 layers, m = 1, nf4 server body), batch 4
+    # By hand for conf/ml100k-generative.yaml with --quick: tiny-llama (hidden 64, 4 layers, m = 1, nf4 server body), batch 4
     # (train.micro_batch_size) x 64 tokens, LoRA r 8 on q_proj (64 -> 64) and v_proj (64 -> 32) in fp32.
     assert (report["batch_size"], report["seq_len"], report["lora_r"], report["lora_targets"]) == \
         (4, 64, 8, ["q_proj", "v_proj"])
@@ -133,3 +133,17 @@ def test_compare_quick_writes_the_comparison(tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads((tmp_path / "out" / "compare.json").read_text()) \
         ["partitions"] == report["partitions"]  # finished runs are reused, not redone
+
+
+def test_bench_train_json_compares_the_old_and_the_default_configuration():
+    result = subprocess.run([sys.executable, "experiments/bench_train.py", "--model", "tiny-llama", "--samples", "4",
+                             "--repeats", "1", "--eval-users", "4", "--generate-users", "1", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["speedup"] == pytest.approx(report["default_samples_per_s"] / report["baseline_samples_per_s"],
+                                              rel=1e-12)
+    assert {"score_eval_users_per_s", "generate_eval_users_per_s"} <= set(report)
+    assert (report["objective"], report["baseline_quantize"], report["ranked_users"]) == ("score", "nf4", 4)
+    # The compact prompt is shorter than BIGRec's template by its ~60 tokens of instructions.
+    assert report["baseline_mean_tokens"] - report["default_mean_tokens"] > 40

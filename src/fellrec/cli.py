@@ -51,7 +51,7 @@ def data_preview(cfg: Namespace) -> None:
         if not 0 <= cfg.client < partition.num_clients:
             raise FellrecError(f"--client must be in 0..{partition.num_clients - 1}, got {cfg.client}")
         samples = partition.split_samples(samples)[cfg.client]
-    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
+    style = PromptStyle.from_args(cfg.data)
     for index, sample in enumerate(samples[: cfg.n]):
         prompt, response = render(sample, data.titles, style)
         client = partition.client_of[sample.user]
@@ -106,8 +106,9 @@ def recommend_titles(cfg: Namespace) -> None:
     """Recommend items for a history typed by hand, with one client's adapter from a checkpoint."""
     from fellrec.evaluation.checkpoint_eval import recommend_for
 
+    what = "score" if cfg.model.objective == "score" else "distance"  # higher is better / lower is closer
     for rank, (title, score) in enumerate(recommend_for(cfg, Path(cfg.ckpt), cfg.client, cfg.history, cfg.top_k), 1):
-        print(f"{rank:>3}. {title}   (distance {score:.4f})")
+        print(f"{rank:>3}. {title}   ({what} {score:.4f})")
 
 
 def privacy_audit(cfg: Namespace) -> None:

@@ -58,6 +58,9 @@ class DataArgs:
     """Plural noun for items in the prompt ("movies", "video games"); the singular drops a trailing s."""
     item_verb: str = "watched"
     """Past-tense verb for the interaction in the prompt ("watched", "played")."""
+    prompt: Literal["bigrec", "compact"] = "bigrec"
+    """`bigrec`: BIGRec's Alpaca template (about 60 tokens of instructions per sample); `compact`: "Movies watched:
+    T1; T2; ... Next movie:"."""
 
 
 @dataclass
@@ -108,6 +111,21 @@ class ModelArgs:
     """LoRA dropout."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Module names that get LoRA adapters, on both sides of the split."""
+    objective: Literal["generate", "score"] = "generate"
+    """`generate` (BIGRec: write the next title, ground it to an item) or `score` (RecFormer-like: the client's
+    final-norm state at the end of the prompt is the user vector; every item is scored by an item table the client
+    holds: scale x cos(user, item) + item bias, full-softmax cross-entropy)."""
+    score_bias: Literal["zero", "log_count"] = "log_count"
+    """score: the item bias starts at 0, or at log(1 + count) of the item in the client's own training interactions
+    (the head then starts at the client's popularity ranking)."""
+    score_scale: float = 1.0
+    """score: initial scale of the cosine (learnt); a large one lets the untrained cosine drown the bias."""
+    score_targets: Literal["last", "all"] = "last"
+    """score: the loss reads the end of the prompt only (`last`), or also the end of every history title, each
+    predicting the title after it (`all`: about max_history targets per sample at the cost of one)."""
+    score_pooling: Literal["last", "mean"] = "last"
+    """score: the user vector is the state at the prompt's last token, or the mean over the prompt's tokens
+    (`mean` reads the last position only)."""
 
 
 @dataclass
@@ -169,6 +187,8 @@ class TrainArgs:
     """Epochs over the client's own samples in each round (E)."""
     lr: float = 1e-4
     """AdamW learning rate."""
+    item_lr: Optional[float] = None
+    """score: learning rate of the item table, bias and scale (null: train.lr)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
@@ -177,6 +197,9 @@ class TrainArgs:
     """Effective batch: micro-batches are accumulated up to it."""
     micro_batch_size: int = 4
     """Samples per forward/backward pass."""
+    group_by_length: bool = True
+    """Within each optimizer step, put samples of similar length in the same micro-batch (less padding; the step's
+    samples, hence its gradient, are unchanged)."""
     max_grad_norm: float = 1.0
     """Gradient clipping of the adapters (0 disables it)."""
     train_on_inputs: bool = False

@@ -74,6 +74,7 @@ RULES: dict[str, Range] = {
     "model.lora_r": AT_LEAST_ONE,
     "model.lora_alpha": POSITIVE,
     "model.lora_dropout": Range(0, 1, high_open=True),
+    "model.score_scale": POSITIVE,
     "split.head_layers": NON_NEGATIVE,  # k + m below the model's depth is checked when the model is split
     "split.tail_layers": NON_NEGATIVE,
     "split.per_client": NON_NEGATIVE,  # client ids and their (k, m)
@@ -88,6 +89,7 @@ RULES: dict[str, Range] = {
     "fed.min_rounds": NON_NEGATIVE,
     "train.local_epochs": AT_LEAST_ONE,
     "train.lr": POSITIVE,
+    "train.item_lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE,
     "train.batch_size": AT_LEAST_ONE,

@@ -347,3 +347,35 @@ def test_recommend_returns_real_titles(reference):
     titles = [line.split(". ", 1)[1].rsplit("   (distance", 1)[0] for line in result.stdout.splitlines()]
     assert len(titles) == 5 and set(titles) <= set(load_data(DataArgs()).titles.values())
     assert "Toy Story (1995)" not in titles and "Heat (1995)" not in titles
+
+
+def test_score_objective_ranks_every_test_user_and_resumes_bitwise(tmp_path):
+    """model.objective score: the item table and bias are client-side tensors in every checkpoint, a killed run resumes
+    to the same tensors bit for bit, and every test user is ranked (60 here, split over the 3 clients)."""
+    score = [*TINY, "--model.objective", "score", "--eval.users_per_client", "null", "--fed.rounds", "2"]
+    reference = fit(*score, "--out_dir", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    uninterrupted = adapters(tmp_path / "ref" / "tiny" / "round_001")
+    heads = [name for name in uninterrupted if "score_head." in name]
+    assert len(heads) == 9 and all("/client_side/" in name for name in heads)  # 3 clients x (items, bias, scale)
+    assert not torch.equal(uninterrupted["client_0/client_side/score_head.bias"],
+                           uninterrupted["client_1/client_side/score_head.bias"])  # each started at its own counts
+    results = json.loads((tmp_path / "ref" / "tiny" / "results.json").read_text())
+    assert sum(c["users"] for c in results["clients"]) == 60 and results["protocol"] == "prompt"
+    assert results["objective"] == "score"
+    assert_consistent_report(results)
+
+    command = [sys.executable, "-m", "fellrec", "fit", *score, "--out_dir", str(tmp_path / "again")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "again" / "tiny"
+    deadline = time.time() + 300
+    while not (run_dir / "round_000").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run_dir / "round_000").is_dir() and not (run_dir / "round_001").exists()
+    again = fit("--resume", str(run_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = adapters(run_dir / "round_001")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)

@@ -1,4 +1,8 @@
-"""The BIGRec prompt (Alpaca template, METHOD.md §2): one template for training and inference."""
+"""The prompts (METHOD.md §2): BIGRec's Alpaca template, or a compact one; one template for training and inference.
+
+A prompt is built from parts, (prefix, one piece per history title, suffix), so the scoring objective can read the
+model at the end of every title; joined, the parts are the prompt text.
+"""
 
 from __future__ import annotations
 
@@ -21,18 +25,32 @@ class PromptStyle:
 
     noun: str = "movies"
     verb: str = "watched"
+    template: str = "bigrec"
+    """`bigrec` (the Alpaca template, about 60 tokens of instructions) or `compact` ("Movies watched: T1; T2; ...")."""
+
+    @classmethod
+    def from_args(cls, data_args) -> "PromptStyle":
+        return cls(data_args.item_noun, data_args.item_verb, data_args.prompt)
 
     @property
     def singular(self) -> str:
         return self.noun[:-1] if self.noun.endswith("s") else self.noun
 
     def prompt(self, history_titles: list[str]) -> str:
-        """Everything up to and including "### Response:\\n"; the model writes what follows."""
+        """Everything the model reads before it writes (BIGRec: up to and including "### Response:\\n")."""
+        prefix, pieces, suffix = self.parts(history_titles)
+        return prefix + "".join(pieces) + suffix
+
+    def parts(self, history_titles: list[str]) -> tuple[str, list[str], str]:
+        """(prefix, one piece per title, suffix): each piece ends with its title (and the compact separator)."""
+        if self.template == "compact":
+            return (f"{self.noun.capitalize()} {self.verb}:", [f" {t};" for t in history_titles],
+                    f" Next {self.singular}:")
         instruction = (f"Given a list of {self.noun} the user has {self.verb} before, "
                        f"please recommend a new {self.singular} that the user likes to the user.")
-        listed = ", ".join(quote(t) for t in history_titles)
-        return _TEMPLATE.format(instruction=instruction,
-                                input=f"The user has {self.verb} the following {self.noun} before: {listed}")
+        head, _, tail = _TEMPLATE.format(instruction=instruction, input="\0").partition("\0")
+        pieces = [(", " if i else " ") + quote(t) for i, t in enumerate(history_titles)]
+        return head + f"The user has {self.verb} the following {self.noun} before:", pieces, tail
 
 
 def quote(title: str) -> str:

@@ -3,11 +3,13 @@ recommend with it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
-from fellrec.data.prompts import PromptStyle
+import torch
+
 from fellrec.errors import FellrecError
 
 
@@ -20,53 +22,66 @@ def adapter_dir(ckpt: Path, client: int) -> Path:
 
 
 def _load(cfg, ckpt: Path):
-    """Data, partition, the split model with every client's adapter from `ckpt`, tokenizer and the item index."""
+    """Data, partition and the run's objective over the split model, with every client's adapter from `ckpt`."""
     from fellrec.data.partition import partition_users
     from fellrec.data.pipeline import load_data
     from fellrec.evaluation.grounding import ItemIndex
     from fellrec.model.adapters import AdapterStore
     from fellrec.model.loading import cache_root, load_tokenizer
     from fellrec.model.split import SplitModel
+    from fellrec.objectives import build_objective
 
     if not ckpt.is_dir():
         raise FellrecError("checkpoint directory not found", ckpt)
     data = load_data(cfg.data)
     partition = partition_users(data, cfg.partition)
     model = SplitModel(cfg.model, cfg.split)
-    store = AdapterStore(model)
-    for client in range(partition.num_clients):
-        store.load(client, adapter_dir(ckpt, client))
     tokenizer = load_tokenizer(cfg.model)
     index = ItemIndex.build(model, tokenizer, data.titles, cache_dir=cache_root() / "item-index")
-    return data, partition, model, store, tokenizer, index
+    objective = build_objective(cfg, model, tokenizer, data, lambda: index, autocast_for(cfg.train, model.device))
+    store = objective.store = AdapterStore(model)
+    for client in range(partition.num_clients):
+        store.load(client, adapter_dir(ckpt, client))
+    return data, partition, objective
+
+
+def autocast_for(train, device):
+    """The autocast context `fellrec fit` trained under (train.precision), for evaluation outside Fabric."""
+    from fellrec.federation.orchestrator import precision_for
+
+    precision = precision_for(train, device.type)
+    if precision == "32-true":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def evaluate_run(cfg, ckpt: Path) -> dict:
-    data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
-    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
-    results = evaluate_test_users(cfg.eval, style, model, store, tokenizer, data, partition, index, ckpt)
+    data, partition, objective = _load(cfg, ckpt)
+    results = evaluate_test_users(cfg.eval, objective, data, partition, ckpt)
     results["checkpoint"] = str(ckpt)
     write_results(results, ckpt)
     return results
 
 
-def evaluate_test_users(ev, style: PromptStyle, model, store, tokenizer, data, partition, index, out_dir: Path,
-                        progress: bool = True) -> dict:
+def evaluate_test_users(ev, objective, data, partition, out_dir: Path, progress: bool = True) -> dict:
     """Every client's current adapter on (a seeded sample of) its test users, popularity beside it; the PNG of
     per-client NDCG@10 goes to `out_dir`."""
     from fellrec.data.pipeline import sample_subset
-    from fellrec.evaluation.evaluate import client_samples, evaluate_clients, tune_pop_gamma
+    from fellrec.evaluation.evaluate import client_samples, tune_pop_gamma
     from fellrec.reporting.plots import plot_client_bars
 
     samples = {c: sample_subset(s, ev.users_per_client, ev.seed + c, "eval.users_per_client")
                for c, s in client_samples(partition, data.test).items()}
-    options = dict(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens, grounding=ev.grounding,
-                   batch_size=ev.batch_size, progress=progress)
-    pop_gamma = 0.0
-    if ev.popularity_aware:
-        pop_gamma, _ = tune_pop_gamma(model, store, tokenizer, data, partition, style, index, **options)
-    results = evaluate_clients(model, store, tokenizer, data, partition, samples, style, item_index=index,
-                               pop_gamma=pop_gamma, mask=ev.mask, **options)
+    options = {}
+    if ev.popularity_aware and objective.name == "generate":
+        options["pop_gamma"], _ = tune_pop_gamma(
+            objective.model, objective.store, objective.tokenizer, data, partition, objective.style,
+            objective.item_index_fn(), num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
+            grounding=ev.grounding, batch_size=ev.batch_size, progress=progress)
+    results = objective.evaluate(samples, ev.mask, progress, **options)
+    scored = {row["client"] for row in results["clients"]}
+    results["skipped_clients"] = sorted(set(range(partition.num_clients)) - scored)
     plot_client_bars(results, "ndcg@10", out_dir / "clients_ndcg10.png")
     return results
 
@@ -99,12 +114,13 @@ def _finite_or_null(value):
 def recommend_for(cfg, ckpt: Path, client: int, history: list[str], top_k: int) -> list[tuple[str, float]]:
     from fellrec.evaluation.recommend import recommend
 
-    data, partition, model, store, tokenizer, index = _load(cfg, ckpt)
+    data, partition, objective = _load(cfg, ckpt)
     if not 0 <= client < partition.num_clients:
         raise FellrecError(f"--client must be in 0..{partition.num_clients - 1}, got {client}")
-    style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
-    return recommend(model, store, tokenizer, index, client, history, top_k, style, cfg.eval.num_beams,
-                     cfg.eval.max_new_tokens, cfg.eval.grounding)
+    if objective.name == "score":
+        return objective.recommend(client, history, top_k)
+    return recommend(objective.model, objective.store, objective.tokenizer, objective.item_index_fn(), client,
+                     history, top_k, objective.style, cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.eval.grounding)
 
 
 def format_results(results: dict, metrics: tuple[str, ...] = ("recall@10", "ndcg@10", "hr@10")) -> str:

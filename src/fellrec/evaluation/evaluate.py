@@ -97,8 +97,8 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
         per_client[client] = mean_metrics(rankings[client], [set(s.targets) for s in samples], ks)
     seconds = time.perf_counter() - start
     users = {c: len(s) for c, s in samples_per_client.items()}
-    report = _report(per_client, users)
-    report.update(_popularity_report(data, samples_per_client, masked, ks))
+    report = client_report(per_client, users)
+    report.update(popularity_report(data, samples_per_client, masked, ks))
     report["speed"] = {"users": n_users, "seconds": seconds, "users_per_second": n_users / seconds,
                        "item_embedding_seconds": item_index.build_seconds, "item_index_cached": item_index.from_cache}
     report.update(protocol=mask, pop_gamma=pop_gamma, grounding=grounding, num_beams=num_beams,
@@ -108,7 +108,7 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
     return report
 
 
-def _report(per_client: dict[int, dict[str, float]], users: dict[int, int]) -> dict:
+def client_report(per_client: dict[int, dict[str, float]], users: dict[int, int]) -> dict:
     names = next(iter(per_client.values())).keys()
     return {
         "overall": weighted_overall(per_client, users),
@@ -117,7 +117,7 @@ def _report(per_client: dict[int, dict[str, float]], users: dict[int, int]) -> d
     }
 
 
-def _popularity_report(data: RecData, samples_per_client: dict[int, list[Sample]],
+def popularity_report(data: RecData, samples_per_client: dict[int, list[Sample]],
                        masked: dict[int, list[set[str]]], ks: Sequence[int]) -> dict:
     """The popularity ranker on exactly the same users and mask: the floor an LLM recommender has to beat."""
     ranker = PopularityRanker(data.train_pairs)

@@ -9,7 +9,6 @@ from typing import Callable, Optional
 import torch
 
 from fellrec.config import TrainArgs
-from fellrec.data.collate import Encoded, collate
 from fellrec.model.split import SplitSides
 
 
@@ -40,27 +39,31 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def micro_batches(samples: list[Encoded], args: TrainArgs, generator: torch.Generator):
-    """Shuffled samples grouped as optimizer steps, each a list of micro-batches."""
+def micro_batches(samples: list, args: TrainArgs, generator: torch.Generator):
+    """Shuffled samples grouped as optimizer steps, each a list of micro-batches. With `group_by_length`, a step's
+    samples are sorted by length before they are cut into micro-batches: less padding, the same step."""
     order = torch.randperm(len(samples), generator=generator).tolist()
     for start in range(0, len(order), args.batch_size):
         step = order[start:start + args.batch_size]
+        if args.group_by_length:
+            step = sorted(step, key=lambda i: len(samples[i].input_ids))
         yield [[samples[i] for i in step[j:j + args.micro_batch_size]]
                for j in range(0, len(step), args.micro_batch_size)]
 
 
-def train_client(sides: SplitSides, params: list[torch.nn.Parameter], samples: list[Encoded], args: TrainArgs,
-                 round_idx: int, client: int, pad_token_id: int, device: torch.device, autocast,
+def train_client(sides: SplitSides, objective, param_groups: list[dict], samples: list, args: TrainArgs,
+                 round_idx: int, client: int, device: torch.device, autocast,
                  extra_loss: Optional[Callable[[], torch.Tensor]] = None,
                  optimizer_state: Optional[dict] = None, progress=None) -> tuple[LocalResult, dict]:
-    """Train the active adapter on `samples` for `args.local_epochs` epochs. Returns the result and the optimizer
-    state (for keep_optimizer_state)."""
+    """Train the active adapter (the tensors of `param_groups`) on `samples`, encoded by `objective`, for
+    `args.local_epochs` epochs. Returns the result and the optimizer state (for keep_optimizer_state)."""
     seed = round_seed(args.seed, round_idx, client)
     torch.manual_seed(seed)  # LoRA dropout
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(samples) / args.batch_size)
     total = steps_per_epoch * args.local_epochs
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    params = [p for group in param_groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(param_groups, lr=args.lr, weight_decay=args.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     warmup = args.warmup_steps if round_idx == 0 else 0
@@ -73,9 +76,9 @@ def train_client(sides: SplitSides, params: list[torch.nn.Parameter], samples: l
             optimizer.zero_grad(set_to_none=True)
             n_step = sum(len(mb) for mb in step)
             for mb in step:
-                batch = {k: v.to(device) for k, v in collate(mb, pad_token_id).items()}
+                batch = {k: v.to(device) for k, v in objective.collate(mb).items()}
                 with autocast():
-                    loss = sides.client.loss(batch)
+                    loss = objective.loss(sides, batch)
                     if extra_loss is not None:
                         loss = loss + extra_loss()
                 if not torch.isfinite(loss):
@@ -98,16 +101,16 @@ def train_client(sides: SplitSides, params: list[torch.nn.Parameter], samples: l
 
 
 @torch.no_grad()
-def validation_loss(sides: SplitSides, samples: list[Encoded], micro_batch_size: int, pad_token_id: int,
-                    device: torch.device, autocast) -> float:
-    """Mean causal-LM loss over `samples` (eval mode, no dropout); NaN for a client without validation data."""
+def validation_loss(sides: SplitSides, objective, samples: list, micro_batch_size: int, device: torch.device,
+                    autocast) -> float:
+    """Mean loss of `objective` over `samples` (eval mode, no dropout); NaN for a client without validation data."""
     if not samples:
         return float("nan")
     sides.eval()
     total = 0.0
     for start in range(0, len(samples), micro_batch_size):
         mb = samples[start:start + micro_batch_size]
-        batch = {k: v.to(device) for k, v in collate(mb, pad_token_id).items()}
+        batch = {k: v.to(device) for k, v in objective.collate(mb).items()}
         with autocast():
-            total += sides.client.loss(batch).item() * len(mb)
+            total += objective.loss(sides, batch).item() * len(mb)
     return total / len(samples)

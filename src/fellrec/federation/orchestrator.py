@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, PrivacyArgs, SplitArgs,
                             TrainArgs)
-from fellrec.data.prompts import PromptStyle
 from fellrec.errors import FellrecError
 from fellrec.evaluation.metrics import balance
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
@@ -105,6 +104,7 @@ class Federation:
         from fellrec.model.adapters import AdapterStore
         from fellrec.model.loading import load_tokenizer
         from fellrec.model.split import SplitModel
+        from fellrec.objectives import build_objective
 
         self.cfg, self.fabric, self.run_dir = cfg, fabric, run_dir
         self.data = load_data(cfg.data)
@@ -112,22 +112,25 @@ class Federation:
         self.tokenizer = load_tokenizer(cfg.model)
         torch.manual_seed(cfg.train.seed)  # the same LoRA initialisation on every rank and in every run
         self.model = SplitModel(cfg.model, cfg.split, device=fabric.device, lr=cfg.train.lr)
-        self.store = AdapterStore(self.model)
+        self._item_index = None
+        # Before the store: the score objective adds its head's tensors to what the store holds per client.
+        self.objective = build_objective(cfg, self.model, self.tokenizer, self.data, self.item_index, self.autocast)
+        self.store = self.objective.store = AdapterStore(self.model)
         self.strategy = build_strategy(cfg.fed.strategy, **strategy_options(cfg.fed))
-        self.clients = build_client_data(self.data, self.partition, self.tokenizer, cfg.data, cfg.model, cfg.train,
-                                         centralized=cfg.fed.strategy == "centralized")
+        centralized = cfg.fed.strategy == "centralized"
+        self.clients = build_client_data(self.data, self.partition, self.objective, cfg.train, centralized)
         self.ids = sorted(self.clients)
         for c in self.ids:
             self.store.state(c)  # every client starts from the same initial adapter
         self.strategy.set_initial(self.store.state(self.ids[0]))  # rebuilt from the seed on resume too
+        if hasattr(self.objective, "init_client_biases"):
+            self.objective.init_client_biases(self.store, self.client_users(centralized))
         self.trainable = [c for c in self.ids if self.clients[c].train]
         for c in sorted(set(self.ids) - set(self.trainable)):
             if cfg.fed.strategy != "centralized":
                 self.warn(f"client {c} has no training data: it is skipped in every round")
         if not self.trainable:
             raise FellrecError("no client has training data")
-        self.style = PromptStyle(cfg.data.item_noun, cfg.data.item_verb)
-        self._item_index = None
         self.ranking_signal = cfg.fed.strategy == "fellrec" and cfg.fed.signal in ("recall", "ndcg")
         self.round_eval = self.round_evaluator() if self.ranking_signal or cfg.eval.per_round else None
         self.tracker = Tracker()
@@ -170,6 +173,13 @@ class Federation:
     def autocast(self):
         return self.fabric.autocast()
 
+    def client_users(self, centralized: bool) -> dict[int, set[str]]:
+        """Whose training interactions each client holds (centralized: client 0 holds everyone's)."""
+        if centralized:
+            everyone = {u for u, _ in self.data.train_pairs}
+            return {c: everyone if c == 0 else set() for c in self.ids}
+        return {c: set(self.partition.users_of(c)) for c in self.ids}
+
     def item_index(self):
         """The base model's item-title embeddings, built once (and cached on disk across runs)."""
         if self._item_index is None:
@@ -185,8 +195,7 @@ class Federation:
     def round_evaluator(self):
         from fellrec.evaluation.round_eval import RoundEvaluator
 
-        evaluator = RoundEvaluator(self.model, self.store, self.tokenizer, self.data, self.partition, self.style,
-                                   self.cfg.eval, self.item_index())
+        evaluator = RoundEvaluator(self.objective, self.data, self.partition, self.cfg.eval)
         blind = [c for c in self.trainable if not evaluator.has_users(c)]
         if self.ranking_signal and blind:
             raise FellrecError(f"fed.signal={self.cfg.fed.signal} ranks each client's validation users, but clients "
@@ -197,6 +206,7 @@ class Federation:
     def train_one(self, client: int, round_idx: int, progress) -> tuple[LocalResult, dict, Optional[float]]:
         sides = self.store.activate(client)
         params = list(self.store.live.values())
+        groups = self.objective.param_groups(self.store.live, self.cfg.train)
         start = {n: t.clone() for n, t in self.store.state(client).items()}
         extra = None
         if self.cfg.fed.strategy == "fedprox":
@@ -204,8 +214,8 @@ class Federation:
             anchor = {n: t.to(live[n].device) for n, t in start.items()}  # the adapter the round started from
             extra = lambda: self.strategy.local_loss_term(live, anchor)
         result, opt_state = train_client(
-            sides, params, self.clients[client].train, self.cfg.train, round_idx, client,
-            self.tokenizer.pad_token_id, self.fabric.device, self.autocast, extra,
+            sides, self.objective, groups, self.clients[client].train, self.cfg.train, round_idx, client,
+            self.fabric.device, self.autocast, extra,
             self.optimizer_states.get(client), progress)
         val = None
         if not result.diverged and not all(torch.isfinite(p).all() for p in params):
@@ -233,8 +243,8 @@ class Federation:
 
     def validate_client(self, client: int) -> float:
         sides = self.store.activate(client)
-        return validation_loss(sides, self.clients[client].valid, self.cfg.train.micro_batch_size,
-                               self.tokenizer.pad_token_id, self.fabric.device, self.autocast)
+        return validation_loss(sides, self.objective, self.clients[client].valid, self.cfg.train.micro_batch_size,
+                               self.fabric.device, self.autocast)
 
     def run_round(self, round_idx: int, bars) -> bool:
         """One communication round; returns True when early stopping says stop."""
@@ -340,8 +350,7 @@ class Federation:
         for c in self.ids:
             if (self.run_dir / "best" / f"client_{c}").is_dir():
                 self.store.load(c, self.run_dir / "best" / f"client_{c}")
-        results = evaluate_test_users(self.cfg.eval, self.style, self.model, self.store, self.tokenizer,
-                                      self.data, self.partition, self.item_index(), self.run_dir)
+        results = evaluate_test_users(self.cfg.eval, self.objective, self.data, self.partition, self.run_dir)
         results["checkpoint"] = str(self.run_dir / "best")
         results["best_round"] = self.tracker.best_round
         write_results(results, self.run_dir)

@@ -17,10 +17,12 @@ import torch
 
 from fellrec.errors import FellrecError
 from fellrec.model.lora import on_client
+from fellrec.model.score_head import PREFIX as SCORE_HEAD_PREFIX
 from fellrec.model.split import SplitModel
 
 State = "OrderedDict[str, torch.Tensor]"
 WEIGHTS_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
+SCORE_HEAD_FILE = "score_head.safetensors"  # beside an exported peft directory, which holds LoRA tensors only
 CLIENT_PART, SERVER_PART = "client_side", "server_side"
 
 
@@ -148,8 +150,21 @@ class AdapterStore:
             state = {**load_adapter(directory / CLIENT_PART), **load_adapter(directory / SERVER_PART)}
         else:
             state = load_adapter(directory)
+            if (directory / SCORE_HEAD_FILE).is_file():
+                from safetensors.torch import load_file
+
+                state.update(load_file(str(directory / SCORE_HEAD_FILE)))
         self.set_state(client, state)
 
     def export(self, client: int, directory: str | Path) -> Path:
-        """`client`'s whole adapter as one peft directory, loadable by `PeftModel.from_pretrained(base, dir)`."""
-        return save_adapter(self.state(client), directory, self.model.peft.peft_config["default"])
+        """`client`'s whole adapter as one peft directory, loadable by `PeftModel.from_pretrained(base, dir)`; the
+        scoring objective's head (not a peft tensor) goes beside it, to score_head.safetensors."""
+        from safetensors.torch import save_file
+
+        state = self.state(client)
+        lora = OrderedDict((n, t) for n, t in state.items() if not n.startswith(SCORE_HEAD_PREFIX))
+        directory = save_adapter(lora, directory, self.model.peft.peft_config["default"])
+        head = {n: t.contiguous() for n, t in state.items() if n.startswith(SCORE_HEAD_PREFIX)}
+        if head:
+            save_file(head, str(directory / SCORE_HEAD_FILE))
+        return directory

@@ -177,6 +177,7 @@ class SplitModel:
         disable_cpu_repack(self.peft)
         self.peft.eval()
         self._sides: dict[tuple[int, int], SplitSides] = {}
+        self.score_head: Optional[nn.Module] = None
 
     def _quantized_range(self) -> tuple[int, int]:
         clients = [None, *self.split_args.per_client]
@@ -218,6 +219,16 @@ class SplitModel:
     def full_loss(self, batch: dict) -> torch.Tensor:
         return causal_lm_loss(self.full_logits(batch["input_ids"], batch.get("attention_mask")), batch["labels"])
 
+    def attach_score_head(self, head: nn.Module) -> nn.Module:
+        """Give the model the scoring objective's head (client-side state, trained and aggregated with the adapters);
+        attach it before the AdapterStore is built."""
+        self.score_head = head.to(self.device)
+        return self.score_head
+
     def adapter_parameters(self):
-        """Every live LoRA parameter by flat (peft saved-format) name."""
-        return adapter_parameters(self.peft)
+        """Every live trainable tensor by flat name: the LoRA parameters (peft saved-format names), then the score
+        head's when there is one."""
+        params = adapter_parameters(self.peft)
+        if self.score_head is not None:
+            params.update(self.score_head.named_state())
+        return params

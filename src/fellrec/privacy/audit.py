@@ -358,7 +358,7 @@ def run_audit(data_args: DataArgs, partition_args: PartitionArgs, model_args: Mo
     if not 0 <= victim_client < partition.num_clients:
         raise FellrecError(f"--victim_client must be in 0..{partition.num_clients - 1}, got {victim_client}")
     users = partition.users_of(victim_client)
-    style = PromptStyle(data_args.item_noun, data_args.item_verb)
+    style = PromptStyle.from_args(data_args)
     victim_text = victim_prompts(data, users, style, max_titles, seed)
     public = public_titles(data, data_args, items_of(data, users), max_titles, seed)
     public_text = chunk_prompts(public.titles, data_args.max_history, style)
