@@ -112,7 +112,8 @@ def recommend_titles(cfg: Namespace) -> None:
 
 
 def privacy_audit(cfg: Namespace) -> None:
-    """Audit the split's privacy: token and title recovery from the hidden states h_k the server receives, per k."""
+    """Audit the split's privacy: token and title recovery from the hidden states h_k the server receives, per k
+    (with --boundary-noise: per noise level too, beside NDCG@10 of a short fit with that noise)."""
     import time
 
     from tqdm.auto import tqdm
@@ -122,17 +123,65 @@ def privacy_audit(cfg: Namespace) -> None:
     from fellrec.reporting.stamp import dataset_name, git_commit, machine
 
     start = time.perf_counter()
+    levels = cfg.boundary_noise if cfg.boundary_noise is not None else [0.0]
     result = run_audit(cfg.data, cfg.partition, cfg.model, cfg.head_layers, cfg.victim_client, cfg.max_titles,
-                       cfg.epochs, cfg.seed, progress=tqdm)
-    result.update(command=command_line(), git_commit=git_commit(Path(__file__).parent), machine=machine(),
-                  wall_s=time.perf_counter() - start)
+                       cfg.epochs, cfg.seed, progress=tqdm, noise_levels=levels)
+    result.update(command=command_line(), git_commit=git_commit(Path(__file__).parent), machine=machine())
     out = Path(cfg.out) if cfg.out else Path("experiments/results") / dataset_name(cfg.data)
-    paths = write_report(result, out)
-    print(format_table(result["rows"]))
+    if cfg.boundary_noise is None:
+        result["wall_s"] = time.perf_counter() - start
+        paths = write_report(result, out)
+        print(format_table(result["rows"]))
+    else:
+        paths = _defence(cfg, result, levels, out, start)
     print(f"\npublic text: {result['public_text']}")
     print(f"victim: {result['victim_titles']} titles, {result['victim_tokens']} tokens; "
           f"wall time {result['wall_s']:.0f} s")
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _defence(cfg: Namespace, result: dict, levels: list[float], out: Path, start: float) -> list[Path]:
+    """A short fit of the scoring objective per noise level (each kept under OUT/defence-runs/, so a stopped audit
+    reuses the fits it finished), their NDCG@10 beside the audit rows: defence.{md,json,png}."""
+    import time
+
+    from fellrec.privacy.defence import defence_rows, format_defence_table, write_defence_report
+
+    fits_start, fits = time.perf_counter(), {}
+    for noise in levels:
+        fits[noise] = _defence_fit(cfg, noise, out / "defence-runs" / f"noise_{noise:g}")
+    first = next(iter(fits.values()))
+    result.update(rows=defence_rows(result["rows"], fits, cfg.split.head_layers), fit_k=cfg.split.head_layers,
+                  fit_users=first["users"], protocol=first["protocol"], fit_wall_s=time.perf_counter() - fits_start,
+                  fit_budget=f"{cfg.data.train_samples} training windows, {cfg.fed.rounds} rounds of "
+                             f"{cfg.train.local_epochs} local epoch(s), fed.strategy {cfg.fed.strategy}",
+                  wall_s=time.perf_counter() - start)
+    print(format_defence_table(result["rows"]))
+    return write_defence_report(result, out)
+
+
+def _defence_fit(cfg: Namespace, noise: float, run_dir: Path) -> dict:
+    """NDCG@10 (and popularity's) of `fellrec fit` with the scoring objective and `split.boundary_noise` = noise."""
+    from dataclasses import replace
+
+    from fellrec.federation.fit import fit as run_fit
+    from fellrec.federation.orchestrator import RunConfig
+
+    results_file = run_dir / "results.json"
+    if not results_file.is_file():
+        sections = {key: getattr(cfg, key) for key in SECTIONS}
+        sections.update(model=replace(cfg.model, objective="score"), split=replace(cfg.split, boundary_noise=noise),
+                        log=replace(cfg.log, wandb="disabled"))
+        if run_dir.exists():  # an interrupted fit: start it again
+            import shutil
+
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        run_fit(RunConfig(name=run_dir.name, out_dir=str(run_dir.parent), keep_checkpoints=1, **sections), run_dir,
+                resume=False, config_dict={}, interrupted=lambda: CTRL_C.pressed)
+    results = json.loads(results_file.read_text())
+    return {"ndcg@10": results["overall"]["ndcg@10"], "popularity_ndcg@10": results["popularity"]["ndcg@10"],
+            "users": sum(c["users"] for c in results["clients"]), "protocol": results["protocol"]}
 
 
 def _data_stage(cfg: Namespace):
@@ -193,6 +242,9 @@ def _command_parser(func, prog: str) -> ArgumentParser:
         parser.add_argument("--seed", type=int, default=42, help="Seed of the text samples and the inverters.")
         parser.add_argument("--out", type=Optional[str], default=None,
                             help="Output directory (default experiments/results/DATASET, e.g. .../ml100k).")
+        parser.add_argument("--boundary-noise", dest="boundary_noise", type=float, nargs="+",
+                            default=None, help="Noise levels of split.boundary_noise to audit, each beside NDCG@10 "
+                                               "of a short fit with that noise (defence.md/json/png).")
     if func is data_preview:
         parser.add_argument("--split_name", type=Literal["train", "valid", "test"], default="train",
                             help="Which split to show.")

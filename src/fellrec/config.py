@@ -138,6 +138,9 @@ class SplitArgs:
     """m: the last m decoder blocks run on the client (with the final norm and the LM head)."""
     per_client: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Per-client override `{client: [k, m]}` for clients with another resource budget."""
+    boundary_noise: float = 0.0
+    """Defence: Gaussian noise added on the client to h_k before it leaves, in training and inference; its std is
+    this multiple of each token's RMS of h_k (0: off). `fellrec audit --boundary-noise` measures what it hides."""
 
 
 @dataclass

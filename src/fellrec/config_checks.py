@@ -78,6 +78,7 @@ RULES: dict[str, Range] = {
     "split.head_layers": NON_NEGATIVE,  # k + m below the model's depth is checked when the model is split
     "split.tail_layers": NON_NEGATIVE,
     "split.per_client": NON_NEGATIVE,  # client ids and their (k, m)
+    "split.boundary_noise": NON_NEGATIVE,
     "fed.rounds": AT_LEAST_ONE,
     "fed.sample_fraction": FRACTION,
     "fed.mu": NON_NEGATIVE,

@@ -141,3 +141,16 @@ def test_bad_per_client_split_names_the_client():
 def test_unknown_lora_target_is_an_error():
     with pytest.raises(FellrecError, match="lora_targets"):
         make_model("tiny-llama", lora_targets=["no_such_proj"])
+
+
+def test_boundary_noise_scales_with_each_tokens_rms_and_is_off_at_zero():
+    from fellrec.model.split import add_boundary_noise
+
+    h = torch.ones(2, 3, 4096)
+    h[1] *= 10.0  # the second row's tokens have RMS 10
+    state = torch.random.get_rng_state()
+    assert add_boundary_noise(h, 0.0) is h and torch.equal(torch.random.get_rng_state(), state)  # no draw at 0
+    noise = add_boundary_noise(h, 0.5, torch.Generator().manual_seed(0)) - h
+    assert noise[0].std().item() == pytest.approx(0.5, rel=0.03)
+    assert noise[1].std().item() == pytest.approx(5.0, rel=0.03)
+    assert noise.mean().abs().item() < 0.05

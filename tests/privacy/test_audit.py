@@ -185,3 +185,37 @@ def test_smollm2_leaks_through_a_learned_inverter_where_the_cosine_match_fails()
     k0, k2 = result["rows"]
     assert k0["nn_token_recovery"] == 1.0
     assert k2["nn_token_recovery"] < 0.05 < 0.5 < k2["linear_token_recovery"]
+
+
+def test_boundary_noise_audit_puts_each_levels_fit_beside_its_recovery(cli, tmp_path):
+    """Noise 0 leaves h_0 the embedding row (every token recovered); noise 30 x the RMS buries it; each level's
+    NDCG@10 is that of its own fit (results.json under defence-runs/), on the row of the fit's k only."""
+    args = ("audit", "--config", "conf/tiny.yaml", "--head-layers", "0", "1", "--boundary-noise", "0", "30",
+            "--max_titles", "12", "--epochs", "1", "--out", str(tmp_path), "--fed.rounds", "1",
+            "--data.train_samples", "12", "--eval.users_per_client", "3")
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "defence.json").read_text())
+    assert [(r["k"], r["noise"]) for r in report["rows"]] == [(0, 0.0), (1, 0.0), (0, 30.0), (1, 30.0)]
+    assert report["rows"][0]["nn_token_recovery"] == 1.0 and report["rows"][2]["nn_token_recovery"] < 0.5
+    for row in report["rows"]:
+        assert {"mlp_token_recovery", "linear_token_recovery", "ndcg@10"} <= set(row)
+        if row["k"] != 1:  # conf/tiny.yaml fits at k = 1
+            assert row["ndcg@10"] is None
+            continue
+        fit = json.loads((tmp_path / "defence-runs" / f"noise_{row['noise']:g}" / "results.json").read_text())
+        assert row["ndcg@10"] == fit["overall"]["ndcg@10"] and fit["objective"] == "score"
+    losses = {noise: (tmp_path / "defence-runs" / noise / "rounds.csv").read_text() for noise in ("noise_0", "noise_30")}
+    assert losses["noise_0"] != losses["noise_30"]  # the noise reached the fit (its validation loss moved)
+    assert (tmp_path / "defence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamp = (tmp_path / "defence-runs" / "noise_0" / "results.json").stat().st_mtime_ns
+    again = cli(*args)  # the finished fits are reused
+    assert again.returncode == 0 and (tmp_path / "defence-runs" / "noise_0" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_spans_hold_in_the_compact_prompt_too():
+    titles = ["Tom Clancy's \"Splinter Cell\", Chaos Theory", "Portal", "Portal 2"]
+    prompt = render_with_spans(titles, PromptStyle("video games", "played", "compact"))
+    assert prompt.text == ("Video games played: Tom Clancy's \"Splinter Cell\", Chaos Theory; Portal; Portal 2; "
+                           "Next video game:")
+    assert [prompt.text[a:b] for a, b in prompt.spans] == titles

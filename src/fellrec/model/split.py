@@ -34,12 +34,13 @@ class ClientModule(L.LightningModule):
 
     def __init__(self, embed_tokens: nn.Module, head_blocks: list, tail_blocks: list, norm: nn.Module,
                  lm_head: nn.Module, rotary_emb: nn.Module, model_config, kinds: tuple[list, list],
-                 link: BoundaryLink, lr: float = 1e-4):
+                 link: BoundaryLink, lr: float = 1e-4, boundary_noise: float = 0.0):
         super().__init__()
         self.embed_tokens, self.norm, self.lm_head, self.rotary_emb = embed_tokens, norm, lm_head, rotary_emb
         self.head_blocks, self.tail_blocks = nn.ModuleList(head_blocks), nn.ModuleList(tail_blocks)
         self.model_config, (self.head_kinds, self.tail_kinds) = model_config, kinds
         self.link, self.lr = link, lr  # the link is a plain object: the server's parameters stay out of this module
+        self.boundary_noise = boundary_noise
 
     def head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and the first k blocks: h_k and the position ids (which skip left padding)."""
@@ -63,7 +64,7 @@ class ClientModule(L.LightningModule):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         h, position_ids = self.head(input_ids, attention_mask)
-        h = self.link(h, attention_mask, position_ids)
+        h = self.link(add_boundary_noise(h, self.boundary_noise), attention_mask, position_ids)
         return self.tail_hidden(h, attention_mask, position_ids)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -92,6 +93,17 @@ class ClientModule(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(_trainable(self), lr=self.lr)
+
+
+def add_boundary_noise(h: torch.Tensor, relative_std: float, generator: Optional[torch.Generator] = None
+                       ) -> torch.Tensor:
+    """h plus Gaussian noise whose std is `relative_std` times each token's RMS over the hidden dimension (the
+    boundary defence: the server receives only the noised h_k). 0 returns h itself and draws nothing."""
+    if relative_std == 0:
+        return h
+    rms = h.detach().float().pow(2).mean(-1, keepdim=True).sqrt()
+    noise = torch.randn(h.shape, generator=generator, device=h.device, dtype=torch.float32)
+    return h + (noise * rms * relative_std).to(h.dtype)
 
 
 class ServerModule(L.LightningModule):
@@ -206,7 +218,7 @@ class SplitModel:
         link = BoundaryLink(server)
         client = ClientModule(lm.model.embed_tokens, list(layers[:k]), list(layers[n - m:]), lm.model.norm,
                               lm.lm_head, lm.model.rotary_emb, self.config, (self.kinds[:k], self.kinds[n - m:]),
-                              link, self.lr)
+                              link, self.lr, self.split_args.boundary_noise)
         return SplitSides(client, server, link, k, m)
 
     def full_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fellrec.config import DataArgs, ModelArgs, PartitionArgs
-from fellrec.data.prompts import PromptStyle, quote
+from fellrec.data.prompts import PromptStyle
 from fellrec.data.table import RecData, natural_key
 from fellrec.errors import FellrecError
 from fellrec.evaluation.generation import left_pad
@@ -53,18 +53,15 @@ class Prompt:
 
 
 def render_with_spans(titles: Sequence[str], style: PromptStyle) -> Prompt:
-    """The prompt the client sends for this history, with where each title sits in it.
-
-    The template holds no quote, and the titles are listed in order, so a forward search for each quoted title finds
-    its own place even when a title contains quotes or commas.
-    """
-    text = style.prompt(list(titles))
-    spans, cursor = [], 0
-    for title in titles:
-        start = text.index(quote(title), cursor) + 1
+    """The prompt the client sends for this history, with where each title sits in it (found inside its own piece of
+    the template, so a title containing quotes, commas or another title is placed right)."""
+    prefix, pieces, suffix = style.parts(list(titles))
+    spans, cursor = [], len(prefix)
+    for title, piece in zip(titles, pieces):
+        start = cursor + piece.index(title)
         spans.append((start, start + len(title)))
-        cursor = start + len(title) + 1
-    return Prompt(text, spans)
+        cursor += len(piece)
+    return Prompt(prefix + "".join(pieces) + suffix, spans)
 
 
 def victim_prompts(data: RecData, client_users: Sequence[str], style: PromptStyle, max_titles: int,
@@ -309,14 +306,26 @@ def recovery(predicted: torch.Tensor, ids: torch.Tensor, title_of: torch.Tensor,
             "title_recovery": (wrong[titles] == 0).float().mean().item() if titles.any() else float("nan")}
 
 
+def with_boundary_noise(tokens: TitleTokens, k: int, noise: float, seed: int) -> TitleTokens:
+    """`tokens` with h_k as the server receives it under `split.boundary_noise` = `noise` (seeded draws)."""
+    from fellrec.model.split import add_boundary_noise
+
+    generator = torch.Generator().manual_seed(seed)
+    return TitleTokens(tokens.ids, tokens.title_of, {k: add_boundary_noise(tokens.hidden[k], noise, generator)},
+                       tokens.num_titles)
+
+
 def attack_depth(k: int, victim: TitleTokens, public: TitleTokens, embeddings: torch.Tensor, epochs: int,
-                 seed: int) -> dict:
-    """All three attacks at depth k: one row of the audit table."""
+                 seed: int, noise: float = 0.0) -> dict:
+    """All three attacks at depth k: one row of the audit table. With `noise`, the server sees noised h_k of the
+    victim, and the attacker trains on noised h_k of its public text (it knows the defence, not the draws)."""
+    if noise:
+        victim, public = with_boundary_noise(victim, k, noise, seed + 1), with_boundary_noise(public, k, noise, seed + 2)
     predictions = {"nn": nearest_neighbour(victim.hidden[k], embeddings)}
     for name, width in (("linear", None), ("mlp", MLP_HIDDEN)):
         inverter = train_inverter(public.hidden[k], public.ids, embeddings, width, epochs, seed + k)
         predictions[name] = decode(inverter, victim.hidden[k], embeddings)
-    row = {"k": k}
+    row = {"k": k, "noise": noise}
     for name in ATTACKS:
         rates = recovery(predictions[name], victim.ids, victim.title_of, victim.num_titles)
         row[f"{name}_token_recovery"], row[f"{name}_title_recovery"] = rates["token_recovery"], rates["title_recovery"]
@@ -339,8 +348,9 @@ def check_head_layers(ks: Sequence[int], n_layers: int) -> list[int]:
 
 def run_audit(data_args: DataArgs, partition_args: PartitionArgs, model_args: ModelArgs, ks: Sequence[int],
               victim_client: int = 0, max_titles: int = 300, epochs: int = 10, seed: int = 42,
-              progress: Callable = lambda it, **kw: it) -> dict:
-    """Load the base model (no adapters) and the data, build victim and public text, attack at every k.
+              progress: Callable = lambda it, **kw: it, noise_levels: Sequence[float] = (0.0,)) -> dict:
+    """Load the base model (no adapters) and the data, build victim and public text, attack at every k and every
+    boundary-noise level (`split.boundary_noise`).
 
     The base model is loaded dense: in a split at k the client runs its k head blocks dense (only the server's range
     is nf4), so h_k is what the server receives. Returns {"rows": [...], and what the report needs to say}.
@@ -351,6 +361,8 @@ def run_audit(data_args: DataArgs, partition_args: PartitionArgs, model_args: Mo
 
     if max_titles < 1 or epochs < 0:
         raise FellrecError(f"--max_titles must be >= 1 and --epochs >= 0 (got {max_titles}, {epochs})")
+    if not noise_levels or any(not (math.isfinite(n) and n >= 0) for n in noise_levels):
+        raise FellrecError(f"--boundary-noise levels must be numbers >= 0, got {list(noise_levels)}")
     causal_lm, tokenizer = load_base_model(model_args), load_tokenizer(model_args)
     ks = check_head_layers(ks, causal_lm.config.num_hidden_layers)
     data = load_data(data_args)
@@ -365,7 +377,9 @@ def run_audit(data_args: DataArgs, partition_args: PartitionArgs, model_args: Mo
     victim = title_token_states(causal_lm, tokenizer, victim_text, ks, model_args.max_length)
     attacker = title_token_states(causal_lm, tokenizer, public_text, ks, model_args.max_length)
     embeddings = causal_lm.get_input_embeddings().weight.detach().float().cpu()
-    rows = [attack_depth(k, victim, attacker, embeddings, epochs, seed) for k in progress(ks, desc="audit", unit="k")]
+    grid = [(noise, k) for noise in noise_levels for k in ks]
+    rows = [attack_depth(k, victim, attacker, embeddings, epochs, seed, noise)
+            for noise, k in progress(grid, desc="audit", unit="attack")]
     return {"rows": rows, "num_layers": causal_lm.config.num_hidden_layers, "victim_client": victim_client,
             "victim_prompts": len(victim_text), "victim_titles": victim.scored_titles,
             "victim_tokens": int(len(victim.ids)), "public_text": public.description,
