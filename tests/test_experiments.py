@@ -79,8 +79,8 @@ def test_resources_quick_writes_table_and_plot(tmp_path):
     values = [[float(c) for c in row.strip("|").split("|")] for row in rows]
     assert all(len(v) == len(header) for v in values)
     assert [v[0] for v in values] == [1, 2]
-    # By hand for conf/ml100k-generative.yaml with --quick: tiny-llama (hidden 64, 4 layers, m = 1, nf4 server body), batch 4
-    # (train.micro_batch_size) x 64 tokens, LoRA r 8 on q_proj (64 -> 64) and v_proj (64 -> 32) in fp32.
+    # By hand for conf/ml100k-generative.yaml with --quick: tiny-llama (hidden 64, 4 layers, m = 1, nf4 server
+    # body), batch 4 (train.micro_batch_size) x 64 tokens, LoRA r 8 on q_proj (64 -> 64) and v_proj (64 -> 32) in fp32.
     assert (report["batch_size"], report["seq_len"], report["lora_r"], report["lora_targets"]) == \
         (4, 64, 8, ["q_proj", "v_proj"])
     assert report["steps_per_round"] == 5  # ceil(96 samples / 5 clients x 1 epoch / batch 4)

@@ -213,7 +213,8 @@ class TrainArgs:
     """Validation samples per client for the per-round validation loss (null: all)."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     """auto: bf16-mixed on a GPU and on a CPU with AVX512-BF16 or AMX (1.27x the fp32 training step of SmolLM2 with
-    nf4 middle blocks on this project's 2-core AVX512-BF16 machine, experiments/bench_lm_head.py), 32-true on other CPUs."""
+    nf4 middle blocks on this project's 2-core AVX512-BF16 machine, experiments/bench_lm_head.py), 32-true on other
+    CPUs."""
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train."""
     devices: int = 1

@@ -54,4 +54,5 @@ def test_agrees_with_the_title_list_metrics_on_random_cases():
 
 def test_a_user_without_a_target_is_an_error():
     with pytest.raises(ValueError, match="without targets"):
-        mean_retrieval_metrics(torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool))
+        none = torch.zeros(1, 3, dtype=torch.bool)
+        mean_retrieval_metrics(torch.zeros(1, 3), none, none)

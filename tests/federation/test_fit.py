@@ -180,15 +180,20 @@ def test_fedavg_gives_every_client_the_same_adapter(tmp_path):
     assert torch.equal(final[f"client_0/{name}"], final[f"client_2/{name}"])
 
 
-def test_resume_after_a_kill_ends_with_the_same_adapters(reference, tmp_path):
-    command = [sys.executable, "-m", "fellrec", "fit", *TINY, "--out_dir", str(tmp_path), "--fed.rounds", "3"]
+def kill_after_the_first_round(*args: str, run_dir: Path) -> None:
+    """Start `fellrec fit *args` and SIGKILL it as soon as run_dir/round_000 exists."""
+    command = [sys.executable, "-m", "fellrec", "fit", *args]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = tmp_path / "tiny"
     deadline = time.time() + 300
     while not (run_dir / "round_000").is_dir() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def test_resume_after_a_kill_ends_with_the_same_adapters(reference, tmp_path):
+    run_dir = tmp_path / "tiny"
+    kill_after_the_first_round(*TINY, "--out_dir", str(tmp_path), "--fed.rounds", "3", run_dir=run_dir)
     assert (run_dir / "round_000").is_dir() and not (run_dir / "round_002").exists()
     again = fit("--resume", str(run_dir))  # the run's saved config, nothing else
     assert again.returncode == 0, again.stderr[-3000:]
@@ -347,6 +352,12 @@ def test_recommend_returns_real_titles(reference):
     titles = [line.split(". ", 1)[1].rsplit("   (distance", 1)[0] for line in result.stdout.splitlines()]
     assert len(titles) == 5 and set(titles) <= set(load_data(DataArgs()).titles.values())
     assert "Toy Story (1995)" not in titles and "Heat (1995)" not in titles
+    # The generative path gives what it gave before the objectives became plug-ins: this exact output (titles and
+    # distances) was recorded from the same command at commit 7daa762 (fp32, conf/tiny.yaml, 3 rounds).
+    assert result.stdout.splitlines() == [
+        "  1. Sliver (1993)   (distance 9.4273)", "  2. Sleeper (1973)   (distance 9.4362)",
+        "  3. Cement Garden, The (1993)   (distance 9.5772)", "  4. Paris, France (1993)   (distance 9.6003)",
+        "  5. Secret Garden, The (1993)   (distance 9.6035)"]
 
 
 def test_score_objective_ranks_every_test_user_and_resumes_bitwise(tmp_path):
@@ -364,15 +375,17 @@ def test_score_objective_ranks_every_test_user_and_resumes_bitwise(tmp_path):
     assert sum(c["users"] for c in results["clients"]) == 60 and results["protocol"] == "prompt"
     assert results["objective"] == "score"
     assert_consistent_report(results)
+    best = tmp_path / "ref" / "tiny" / "best"
+    shown = subprocess.run([sys.executable, "-m", "fellrec", "recommend", "--ckpt", str(best), "--client", "1",
+                            "--history", "Toy Story (1995)", "Heat (1995)", "--top-k", "5"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    scores = [float(line.rsplit("(score ", 1)[1].rstrip(")")) for line in shown.stdout.splitlines()]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)  # best first, higher is better
+    assert "Toy Story (1995)" not in shown.stdout and "Heat (1995)" not in shown.stdout
 
-    command = [sys.executable, "-m", "fellrec", "fit", *score, "--out_dir", str(tmp_path / "again")]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "again" / "tiny"
-    deadline = time.time() + 300
-    while not (run_dir / "round_000").is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_the_first_round(*score, "--out_dir", str(tmp_path / "again"), run_dir=run_dir)
     assert (run_dir / "round_000").is_dir() and not (run_dir / "round_001").exists()
     again = fit("--resume", str(run_dir))
     assert again.returncode == 0, again.stderr[-3000:]

@@ -124,7 +124,7 @@ def test_ranking_masks_the_prompt_or_the_whole_history():
 
 def test_log_count_bias_starts_each_client_at_its_own_popularity():
     objective, store, data = build(score_bias="log_count")
-    objective.init_client_biases(store, {0: {"0", "1"}, 1: {"2", "3"}})
+    objective.init_clients(store, {0: {"0", "1"}, 1: {"2", "3"}})
     bias0, bias1 = store.state(0)[HEAD + "bias"], store.state(1)[HEAD + "bias"]
     assert bias0[:6].tolist() == pytest.approx([math.log(3), math.log(3), 0, 0, 0, 0])  # 0: users 0, 1; 1: users 0, 1
     assert bias1[:6].tolist() == pytest.approx([math.log(3), 0, 0, math.log(2), 0, math.log(2)])
@@ -144,7 +144,8 @@ def test_the_head_is_aggregated_and_round_trips_bitwise_through_save_and_load(tm
     fedavg = build_strategy("fedavg")
     new = fedavg.aggregate_round({c: store.state(c) for c in (0, 1)}, {0: 1, 1: 3}, {0: 0.0, 1: 0.0}, 0, [0, 1])
     expected = 0.25 * store.state(0)[HEAD + "items"] + 0.75 * store.state(1)[HEAD + "items"]
-    assert torch.allclose(new[0][HEAD + "items"], expected) and torch.equal(new[0][HEAD + "bias"], new[1][HEAD + "bias"])
+    assert torch.allclose(new[0][HEAD + "items"], expected)
+    assert torch.equal(new[0][HEAD + "bias"], new[1][HEAD + "bias"])
     store.export(0, tmp_path / "export")
     assert (tmp_path / "export" / "score_head.safetensors").is_file()
     store.load(1, tmp_path / "export")

@@ -205,12 +205,13 @@ def test_boundary_noise_audit_puts_each_levels_fit_beside_its_recovery(cli, tmp_
             continue
         fit = json.loads((tmp_path / "defence-runs" / f"noise_{row['noise']:g}" / "results.json").read_text())
         assert row["ndcg@10"] == fit["overall"]["ndcg@10"] and fit["objective"] == "score"
-    losses = {noise: (tmp_path / "defence-runs" / noise / "rounds.csv").read_text() for noise in ("noise_0", "noise_30")}
+    runs = tmp_path / "defence-runs"
+    losses = {noise: (runs / noise / "rounds.csv").read_text() for noise in ("noise_0", "noise_30")}
     assert losses["noise_0"] != losses["noise_30"]  # the noise reached the fit (its validation loss moved)
     assert (tmp_path / "defence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    stamp = (tmp_path / "defence-runs" / "noise_0" / "results.json").stat().st_mtime_ns
+    stamp = (runs / "noise_0" / "results.json").stat().st_mtime_ns
     again = cli(*args)  # the finished fits are reused
-    assert again.returncode == 0 and (tmp_path / "defence-runs" / "noise_0" / "results.json").stat().st_mtime_ns == stamp
+    assert again.returncode == 0 and (runs / "noise_0" / "results.json").stat().st_mtime_ns == stamp
 
 
 def test_spans_hold_in_the_compact_prompt_too():

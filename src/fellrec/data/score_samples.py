@@ -2,8 +2,9 @@
 
 The prompt is tokenised part by part (prefix, one piece per history title, suffix; see PromptStyle.parts), so the end
 of every title is a known position. The compact prompt drops its suffix ("Next movie:") here: the end of the last
-title is then read like the end of every other title, and ranking costs a few tokens less per user. The end of the prompt predicts the sample's target(s); with `targets="all"` the end
-of each history title also predicts the title after it, as a causal sequential recommender trains on every step.
+title is then read like the end of every other title, and ranking costs a few tokens less per user. The end of the
+prompt predicts the sample's target(s); with `targets="all"` the end of each history title also predicts the title
+after it, as a causal sequential recommender trains on every step.
 """
 
 from __future__ import annotations

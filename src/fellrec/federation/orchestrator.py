@@ -123,8 +123,7 @@ class Federation:
         for c in self.ids:
             self.store.state(c)  # every client starts from the same initial adapter
         self.strategy.set_initial(self.store.state(self.ids[0]))  # rebuilt from the seed on resume too
-        if hasattr(self.objective, "init_client_biases"):
-            self.objective.init_client_biases(self.store, self.client_users(centralized))
+        self.objective.init_clients(self.store, self.client_users(centralized))
         self.trainable = [c for c in self.ids if self.clients[c].train]
         for c in sorted(set(self.ids) - set(self.trainable)):
             if cfg.fed.strategy != "centralized":

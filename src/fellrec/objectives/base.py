@@ -16,6 +16,9 @@ class Objective(Protocol):
     store: object
     """The AdapterStore whose clients `evaluate` ranks with."""
 
+    def init_clients(self, store, client_users: dict[int, set[str]]) -> None:
+        """Client-specific initial state, once before the first round (client_users: whose data each holds)."""
+
     def encode(self, samples: list[Sample]) -> list:
         """Training or validation samples, tokenised once."""
 

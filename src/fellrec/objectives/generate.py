@@ -19,6 +19,9 @@ class GenerateObjective:
         self.style, self.item_index_fn, self.autocast = PromptStyle.from_args(cfg.data), item_index_fn, autocast
         self.store = None
 
+    def init_clients(self, store, client_users: dict[int, set[str]]) -> None:
+        """Nothing client-specific: every client starts from the common initial adapter."""
+
     def encode(self, samples: list[Sample]) -> list:
         return [encode(*render(s, self.data.titles, self.style), self.tokenizer, self.cfg.model.max_length,
                        self.cfg.train.train_on_inputs) for s in samples]

@@ -36,7 +36,7 @@ class ScoreObjective:
                                     cfg.model.score_targets)
         self.store = None
 
-    def init_client_biases(self, store, client_users: dict[int, set[str]]) -> None:
+    def init_clients(self, store, client_users: dict[int, set[str]]) -> None:
         """With `model.score_bias: log_count`, each client's bias starts at log(1 + count) of its own users'
         training interactions: the head starts at the client's popularity ranking."""
         if self.cfg.model.score_bias != "log_count":

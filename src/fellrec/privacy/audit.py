@@ -320,7 +320,8 @@ def attack_depth(k: int, victim: TitleTokens, public: TitleTokens, embeddings: t
     """All three attacks at depth k: one row of the audit table. With `noise`, the server sees noised h_k of the
     victim, and the attacker trains on noised h_k of its public text (it knows the defence, not the draws)."""
     if noise:
-        victim, public = with_boundary_noise(victim, k, noise, seed + 1), with_boundary_noise(public, k, noise, seed + 2)
+        victim = with_boundary_noise(victim, k, noise, seed + 1)
+        public = with_boundary_noise(public, k, noise, seed + 2)
     predictions = {"nn": nearest_neighbour(victim.hidden[k], embeddings)}
     for name, width in (("linear", None), ("mlp", MLP_HIDDEN)):
         inverter = train_inverter(public.hidden[k], public.ids, embeddings, width, epochs, seed + k)

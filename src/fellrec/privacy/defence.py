@@ -4,11 +4,10 @@ at the run config's own k and budget). Outputs defence.md, defence.json (key `ro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fellrec.privacy.audit import ATTACKS
-from fellrec.privacy.report import _LABELS, _SHORT, _pct
+from fellrec.privacy.report import _LABELS, _SHORT, _pct, write_report
 
 
 def defence_rows(audit_rows: list[dict], fits: dict[float, dict], fit_k: int) -> list[dict]:
@@ -28,8 +27,9 @@ def format_defence_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
     for r in rows:
         ndcg = [f"{r[key]:.4f}" if r[key] is not None else "" for key in ("ndcg@10", "popularity_ndcg@10")]
-        lines.append("| " + " | ".join([str(r["k"]), f"{r['noise']:g}"] + [_pct(r[f"{a}_token_recovery"]) for a in ATTACKS]
-                                       + [_pct(r[f"{a}_title_recovery"]) for a in ATTACKS] + ndcg) + " |")
+        cells = ([str(r["k"]), f"{r['noise']:g}"] + [_pct(r[f"{a}_token_recovery"]) for a in ATTACKS]
+                 + [_pct(r[f"{a}_title_recovery"]) for a in ATTACKS] + ndcg)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -84,9 +84,4 @@ def plot_defence(result: dict, path: Path) -> Path:
 
 
 def write_defence_report(result: dict, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js, png = out_dir / "defence.md", out_dir / "defence.json", out_dir / "defence.png"
-    md.write_text(_markdown(result))
-    js.write_text(json.dumps(result, indent=2) + "\n")
-    plot_defence(result, png)
-    return [md, js, png]
+    return write_report(result, out_dir, "defence", _markdown, plot_defence)

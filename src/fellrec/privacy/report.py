@@ -84,13 +84,13 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def write_report(result: dict, out_dir: Path) -> list[Path]:
-    """audit.md, audit.json and audit.png in `out_dir` (created); returns their paths."""
+def write_report(result: dict, out_dir: Path, stem: str = "audit", markdown=None, plotter=None) -> list[Path]:
+    """STEM.md, STEM.json and STEM.png in `out_dir` (created); returns their paths. The audit's by default."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, js, png = out_dir / "audit.md", out_dir / "audit.json", out_dir / "audit.png"
-    md.write_text(_markdown(result))
+    md, js, png = out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"
+    md.write_text((markdown or _markdown)(result))
     js.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, png)
+    (plotter or plot)(result, png)
     return [md, js, png]
 
 
