@@ -25,7 +25,6 @@ from tqdm import tqdm
 from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, PrivacyArgs, SplitArgs,
                             TrainArgs)
 from fellrec.errors import FellrecError
-from fellrec.evaluation.metrics import balance
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
 from fellrec.federation.clients import build_client_data
 from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
@@ -312,34 +311,17 @@ class Federation:
             {"best_round": self.tracker.best_round, "best_val_loss": self.tracker.best_val}, indent=2))
 
     def log(self, round_idx, sampled, results, val, ranking, weights, ok, mean, seconds, stop) -> None:
-        gammas = getattr(self.strategy, "last_gammas", {}) or {}
-        rows = []
-        for c in self.ids:
-            result = results[c][0] if c in results else None
-            rows.append({
-                "round": round_idx, "client": c, "sampled": int(c in sampled),
-                "num_samples": len(self.clients[c].train),
-                "train_loss": result.train_loss if result else "", "val_loss": val[c],
-                "gamma": gammas.get(c, ""), "steps": result.steps if result else 0,
-                "boundary_bytes_up": result.bytes_up if result else 0,
-                "boundary_bytes_down": result.bytes_down if result else 0,
-                "adapter_bytes_uploaded": _nbytes(self.store.client_state(c)) if c in ok else 0,
-                "update_norm": result.update_norm if result else "",
-                "diverged": int(bool(result and result.diverged)),
-                "seconds": round(results[c][3], 3) if c in results else "",
-                **{f"val_{name}": value for name, value in ranking.get(c, {}).items()},
-            })
-        round_row = {"round": round_idx, "mean_val_loss": mean, "best_mean_val_loss": self.tracker.best_mean,
-                     "seconds": round(seconds, 3), "stopped_early": int(stop)}
-        ndcg = {c: m["ndcg@10"] for c, m in ranking.items() if m}
-        if ndcg:
-            spread = balance(ndcg)
-            round_row.update({"val_ndcg@10_std": spread["std"], "val_ndcg@10_worst": spread["min"]})
+        from fellrec.reporting.round_rows import client_rows, console_line, round_summary
+
+        rows = client_rows(round_idx, self.ids, sampled, ok, results, val, ranking,
+                           {c: len(self.clients[c].train) for c in self.ids},
+                           {c: _nbytes(self.store.client_state(c)) for c in ok},
+                           getattr(self.strategy, "last_gammas", {}) or {})
         similarity = self.strategy.last_similarity if ok else None
-        self.round_log.log_round(round_idx, rows, round_row, weights, sorted(ok),
-                                 similarity.tolist() if similarity is not None else None)
-        tqdm.write(f"round {round_idx}: mean val loss {mean:.4f} | " + "  ".join(
-            f"c{r['client']} train {_fmt(r['train_loss'])} val {_fmt(r['val_loss'])}" for r in rows), file=sys.stderr)
+        self.round_log.log_round(round_idx, rows, round_summary(round_idx, mean, self.tracker.best_mean, seconds,
+                                                                stop, ranking),
+                                 weights, sorted(ok), similarity.tolist() if similarity is not None else None)
+        tqdm.write(console_line(round_idx, mean, rows), file=sys.stderr)
 
     def evaluate_best(self) -> dict:
         """Every client's best adapter (by validation loss) on its test users: results.json and results.csv in the
@@ -392,10 +374,6 @@ def strategy_options(fed: FedArgs) -> dict:
                 "dynamic": fed.dynamic, "alpha": fed.alpha, "beta": fed.beta, "temperature": fed.temperature,
                 "signal": fed.signal, "similarity_on": fed.similarity_on}
     return {}
-
-
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "-"
 
 
 def _nbytes(state: dict) -> int:
