@@ -27,6 +27,7 @@ import yaml
 
 from fellrec.config import DataArgs, EvalArgs, ModelArgs, SplitArgs, TrainArgs
 from fellrec.data.pipeline import load_data
+from fellrec.evaluation.checkpoint_eval import autocast_for
 from fellrec.evaluation.evaluate import predict_embeddings
 from fellrec.evaluation.grounding import ItemIndex, title_trie
 from fellrec.federation.local import train_client
@@ -56,12 +57,6 @@ class EveryPositionGenerate(GenerateObjective):
         return causal_lm_loss(sides.client(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
 
-def autocast_of(precision: str):
-    if precision == "bf16-mixed":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO / "conf" / "ml100k.yaml"))
@@ -87,7 +82,7 @@ def main() -> None:
     for name, arm_cfg, cls, autocast in (
             ("baseline", base_cfg, EveryPositionGenerate, contextlib.nullcontext),
             ("default", cfg, ScoreObjective if cfg.model.objective == "score" else GenerateObjective,
-             autocast_of(precision))):
+             autocast_for(cfg.train, torch.device("cpu")))):
         torch.manual_seed(0)  # each arm its own model: their model.quantize may differ
         model = SplitModel(arm_cfg.model, cfg.split, device="cpu", lr=cfg.train.lr)
         index = ItemIndex.build(model, tokenizer, data.titles, cache_dir=cache_root() / "item-index")

@@ -29,11 +29,6 @@ class ScoreHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(len(embeddings)))
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
-    @classmethod
-    def empty(cls, num_items: int, hidden_size: int) -> "ScoreHead":
-        """A head of the right shape whose values a checkpoint will overwrite."""
-        return cls(torch.ones(num_items, hidden_size))
-
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         """users x items scores (float32)."""
         cosine = F.normalize(users.float(), dim=-1) @ F.normalize(self.items, dim=-1).T

@@ -96,15 +96,15 @@ class ScoreObjective:
 
         samples_per_client = {c: s for c, s in sorted(samples_per_client.items()) if s}
         masked = masked_items(self.data, samples_per_client, mask)
-        row = {item: i for i, item in enumerate(self.items)}
+        row = self.index.row
         n_users = sum(len(s) for s in samples_per_client.values())
         start, previous, per_client = time.perf_counter(), self.store.active, {}
         try:
             with tqdm(total=n_users, desc="ranking users", unit="user", disable=not progress) as bar:
                 for client, samples in samples_per_client.items():
                     scores = self.score_samples(self.store.activate(client), samples, self.cfg.eval.batch_size)
-                    per_client[client] = mean_retrieval_metrics(scores, _flags(samples, row, "targets"),
-                                                                _flags_of(masked[client], row), ks)
+                    targets = _flags_of([set(s.targets) for s in samples], row)
+                    per_client[client] = mean_retrieval_metrics(scores, targets, _flags_of(masked[client], row), ks)
                     bar.update(len(samples))
         finally:
             if previous is not None:
@@ -146,10 +146,6 @@ class ScoreObjective:
                 if len(out) == top_k:
                     break
         return out
-
-
-def _flags(samples: list[Sample], row: dict[str, int], field: str) -> torch.Tensor:
-    return _flags_of([set(getattr(s, field)) for s in samples], row)
 
 
 def _flags_of(item_sets: list[set[str]], row: dict[str, int]) -> torch.Tensor:
