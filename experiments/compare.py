@@ -1,39 +1,45 @@
-"""The paper's comparison on one dataset: Centralized, Local, FedAvg, FedProx, FELLRec and its two ablations, FELLRec
-with clipped and noised uploads, and Popularity, on the same partition, samples and test users.
+"""The paper's comparison on one dataset with the scoring recommender: Centralized, Local, FedAvg, FedProx, FELLRec,
+its two ablations, FELLRec with clipped and noised uploads, SASRec (centralized and per client) and Popularity, on
+every test user; the paper's two claims answered per partition with paired-bootstrap confidence intervals.
 
-Every method is one real `fellrec fit` run (its own process, the config plus the method's options); each run ends
-with the test evaluation of its clients' best adapters, and this script collects the runs' results.json files into
-`<out>/compare.md`, `compare.json` and PNG plots, stamped with the command, commit and machine. Finished runs are
-kept under --runs-dir and reused, so an interrupted comparison continues where it stopped.
+Every LLM method is one real `fellrec fit` run (its own process, the config's budget plus the method's options); each
+run ends by ranking every test user with its clients' best adapters and writes one row per user (test_users.csv),
+which is what the confidence intervals resample. SASRec trains in this process on the same training windows and is
+ranked by the same code with the same mask. FELLRec, FedAvg and Local (the claims) run for every seed, the other
+methods for the first seed; FELLRec and FedAvg also run once with the generative (BIGRec) recommender, so the paper's
+own backbone is in the table. Finished runs are kept under --runs-dir and reused, and the outputs are rewritten after
+every run, so the comparison can take several sittings (`--stop-after` minutes ends a sitting between two runs).
 
-    python experiments/compare.py --config conf/ml100k.yaml    # SmolLM2, a budget for 2 CPU cores: ~35 min
-    python experiments/compare.py --config conf/ml100k.yaml --seeds 1 2 3 --partitions kmeans dirichlet
-    python experiments/compare.py --quick --out /tmp/compare                 # tiny model, seconds per run (tests)
+    python experiments/compare.py                       # all of it: ~30 runs of ~8 min on 2 CPU cores
+    python experiments/compare.py --stop-after 60       # one sitting; run it again to go on
+    python experiments/compare.py --quick --out /tmp/compare   # tiny model, seconds per run (tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
-from fellrec.config import DataArgs
-from fellrec.reporting.stamp import dataset_name, git_commit, machine
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_report import write_markdown, write_plots  # noqa: E402  (beside this script)
+from fellrec.config import DataArgs, PartitionArgs
 
 REPO = Path(__file__).resolve().parents[1]
-KS = (5, 10, 20)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_report import write_markdown, write_plot  # noqa: E402  (beside this script)
+
+CLAIM_METHODS = ("FELLRec", "FedAvg", "Local")
 METHODS = {  # name -> `fellrec fit` options
     "Centralized": ["--fed.strategy", "centralized"],
     "Local": ["--fed.strategy", "local"],
@@ -45,107 +51,250 @@ METHODS = {  # name -> `fellrec fit` options
     "FELLRec + clip/noise": ["--fed.strategy", "fellrec", "--privacy.clip_norm", "{clip_norm}",
                              "--privacy.noise_multiplier", "{noise_multiplier}"],
 }
+SASREC = ("SASRec centralized", "SASRec local")
+GENERATIVE = ("FELLRec", "FedAvg")
+QUICK_SCORE = ["--model.objective", "score", "--data.prompt", "compact", "--eval.mask", "history",
+               "--model.score_bias", "client_prior", "--fed.rounds", "1", "--eval.users_per_client", "null"]
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    partition: str
+    seed: int
+    objective: str = "score"
+
+    @property
+    def name(self) -> str:
+        slug = self.method.lower().replace(" ", "_").replace("/", "").replace("+", "plus")
+        return f"{self.objective}-{self.partition}-s{self.seed}-{slug}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default="conf/ml100k.yaml", help="Any fellrec config.")
+    parser.add_argument("--config", default="conf/ml100k.yaml", help="The scoring runs' config (its budget).")
+    parser.add_argument("--generative-config", default="conf/ml100k-generative.yaml")
     parser.add_argument("--quick", action="store_true",
-                        help="conf/tiny.yaml, one round, 2 test users per client: checks the pipeline in seconds.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="train.seed of each repetition.")
-    parser.add_argument("--partitions", nargs="+", default=["kmeans"], choices=["kmeans", "dirichlet", "iid"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--rounds", type=int, default=2, help="fed.rounds of every run.")
-    parser.add_argument("--train-samples", type=int, default=48, help="data.train_samples of every run.")
-    parser.add_argument("--val-samples-per-client", type=int, default=8)
-    parser.add_argument("--users-per-client", type=int, default=12, help="Test users per client (eval).")
+                        help="conf/tiny.yaml, one round: checks the pipeline in seconds per run.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2],
+                        help="train.seed and data.seed of each repetition (the claims' methods run them all).")
+    parser.add_argument("--partitions", nargs="+", default=["kmeans", "dirichlet"],
+                        choices=["kmeans", "dirichlet", "iid"])
+    parser.add_argument("--methods", nargs="+", default=[*METHODS, *SASREC], choices=[*METHODS, *SASREC])
+    parser.add_argument("--no-generative", action="store_true", help="Leave out the generative runs.")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="Bootstrap resamples of each claim's CI.")
     parser.add_argument("--clip-norm", type=float, default=0.05, help="privacy.clip_norm of FELLRec + clip/noise.")
     parser.add_argument("--noise-multiplier", type=float, default=0.01,
                         help="privacy.noise_multiplier of FELLRec + clip/noise.")
+    parser.add_argument("--stop-after", type=float, default=None,
+                        help="Minutes: start no new run after this; the outputs hold what is done.")
     parser.add_argument("--out", type=Path, default=None, help="Default: experiments/results/<dataset>.")
     parser.add_argument("--runs-dir", type=Path, default=None, help="Default: runs/compare/<dataset>.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.config, args.rounds, args.train_samples = "conf/tiny.yaml", 1, 36
-        args.val_samples_per_client, args.users_per_client = 4, 2
+        args.config = args.generative_config = "conf/tiny.yaml"
     return args
 
 
-def fit_command(args, method: str, partition: str, seed: int, runs_dir: Path, name: str) -> list[str]:
-    options = [o.format(clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier) for o in METHODS[method]]
-    return [sys.executable, "-m", "fellrec", "fit", "--config", args.config, "--out_dir", str(runs_dir),
-            "--name", name, "--log.wandb", "disabled", "--fed.rounds", str(args.rounds),
-            "--data.train_samples", str(args.train_samples),
-            "--train.val_samples_per_client", str(args.val_samples_per_client),
-            "--eval.users_per_client", str(args.users_per_client), "--eval.final", "true",
-            "--partition.method", partition, "--train.seed", str(seed), *options]
+def planned_runs(args) -> list[Run]:
+    """The claims' runs first (every seed and partition), then one seed of the other methods, then the generative
+    pair: a comparison stopped early has the claims' numbers first."""
+    llm = [m for m in args.methods if m in METHODS]
+    runs = [Run(m, p, s) for s in args.seeds for p in args.partitions for m in CLAIM_METHODS if m in llm]
+    runs += [Run(m, p, args.seeds[0]) for p in args.partitions for m in llm if m not in CLAIM_METHODS]
+    if not args.no_generative:
+        runs += [Run(m, args.partitions[0], args.seeds[0], "generate") for m in GENERATIVE if m in llm]
+    return runs
 
 
-def run_one(args, method: str, partition: str, seed: int, runs_dir: Path) -> dict:
-    """The results of one method's run (reused when its results.json is already there)."""
-    name = f"{partition}-s{seed}-{method.lower().replace(' ', '_').replace('/', '').replace('+', 'plus')}"
-    run_dir = runs_dir / name
+def fit_command(args, run: Run, runs_dir: Path) -> list[str]:
+    options = [o.format(clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier) for o in METHODS[run.method]]
+    config = args.config if run.objective == "score" else args.generative_config
+    quick = (QUICK_SCORE if run.objective == "score" else ["--fed.rounds", "1"]) if args.quick else []
+    return [sys.executable, "-m", "fellrec", "fit", "--config", config, "--out_dir", str(runs_dir),
+            "--name", run.name, "--log.wandb", "disabled", "--partition.method", run.partition,
+            "--train.seed", str(run.seed), "--data.seed", str(run.seed), *quick, *options]
+
+
+def run_fit(args, run: Run, runs_dir: Path) -> dict:
+    """One `fellrec fit` run's row (reused when its results.json is already there)."""
+    run_dir = runs_dir / run.name
     if not (run_dir / "results.json").is_file():
         if run_dir.exists():  # an unfinished run: start it again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         start = time.perf_counter()
-        with open(run_dir.parent / f"{name}.log", "w") as log:
-            done = subprocess.run(fit_command(args, method, partition, seed, runs_dir, name), cwd=REPO,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        with open(runs_dir / f"{run.name}.log", "w") as log:
+            done = subprocess.run(fit_command(args, run, runs_dir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            sys.exit(f"{method} ({partition}, seed {seed}) failed: see {run_dir.parent / f'{name}.log'}")
+            sys.exit(f"{run.method} ({run.partition}, seed {run.seed}) failed: see {runs_dir / f'{run.name}.log'}")
         (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
     results = json.loads((run_dir / "results.json").read_text())
-    wall = run_dir / "wall_seconds.txt"
-    results["wall_seconds"] = float(wall.read_text()) if wall.is_file() else float("nan")
-    results["best_val_loss"] = json.loads((run_dir / "best" / "best.json").read_text())["best_val_loss"]
-    return results
-
-
-def summary(results: dict) -> dict:
-    """The numbers the tables show for one run."""
-    row = {f"{m}@{k}": results["overall"][f"{m}@{k}"] for m in ("recall", "ndcg") for k in KS}
-    row["client_std"] = results["balance"]["ndcg@10"]["std"]
-    row["worst_client"] = results["balance"]["ndcg@10"]["min"]
-    row["clients"] = {c["client"]: c["ndcg@10"] for c in results["clients"]}
-    losses = list(results["best_val_loss"].values())  # each client's best validation loss: a finer signal
-    row["val_loss"], row["val_loss_std"] = statistics.fmean(losses), statistics.pstdev(losses)
-    row["wall_seconds"] = results.get("wall_seconds", float("nan"))
+    row = run_row(run, results, float((run_dir / "wall_seconds.txt").read_text()))
+    if run.method.startswith("FELLRec"):
+        rounds = list(csv.DictReader(open(run_dir / "rounds.csv")))
+        row["weights_offdiag_range"] = float(rounds[-1]["weights_offdiag_range"])
+    users_file = run_dir / "test_users.csv"
+    row["per_user"] = list(csv.DictReader(open(users_file))) if users_file.is_file() else []
     return row
 
 
-def popularity_summary(results: dict) -> dict:
-    pop = {"overall": results["popularity"], "clients": results["popularity_clients"]}
-    clients = {c["client"]: c["ndcg@10"] for c in pop["clients"]}
-    row = {f"{m}@{k}": pop["overall"][f"{m}@{k}"] for m in ("recall", "ndcg") for k in KS}
-    row.update(client_std=statistics.pstdev(clients.values()), worst_client=min(clients.values()), clients=clients,
-               val_loss=None, val_loss_std=None, wall_seconds=0.0)  # popularity has no validation loss
-    return row
+def run_row(run: Run, results: dict, wall_seconds: float) -> dict:
+    """The numbers compare.json keeps for one run (popularity and the clients' own counts beside it)."""
+    return {"method": run.method, "partition": run.partition, "seed": run.seed, "objective": run.objective,
+            "users": sum(c["users"] for c in results["clients"]), "ndcg@10": results["overall"]["ndcg@10"],
+            "recall@10": results["overall"]["recall@10"],
+            "client_std_ndcg@10": results["balance"]["ndcg@10"]["std"],
+            "clients": {str(c["client"]): c["ndcg@10"] for c in results["clients"]},
+            "protocol": results.get("protocol"), "popularity_ndcg@10": results["popularity"]["ndcg@10"],
+            "client_popularity_ndcg@10": (results.get("client_popularity") or {}).get("ndcg@10"),
+            "wall_seconds": wall_seconds}
 
 
-def aggregate(rows: list[dict]) -> dict:
-    """Mean and spread (sample std; 0 for one seed) of every number over the seeds."""
-    out = {}
-    for key in rows[0]:
-        if key == "clients":
-            out[key] = {c: statistics.fmean(r[key][c] for r in rows) for c in rows[0][key]}
-        else:
-            values = [r[key] for r in rows]
-            if None in values:
-                out[key] = (None, None)
+def sasrec_rows(args, partition: str, seed: int) -> list[dict]:
+    """SASRec on the same training windows as the LLM runs (centralized: all of them; local: one model per client on
+    its own), ranked by the same code with the same mask on every test user."""
+    from fellrec.baselines import train_sasrec
+    from fellrec.data.partition import partition_users
+    from fellrec.data.pipeline import load_data
+    from fellrec.data.table import natural_key
+    from fellrec.evaluation.evaluate import masked_items
+    from fellrec.evaluation.retrieval import per_user_metrics
+
+    config = yaml.safe_load((REPO / args.config).read_text())
+    data = load_data(DataArgs(**{**(config.get("data") or {}), "seed": seed}))
+    parts = partition_users(data, PartitionArgs(**{**(config.get("partition") or {}), "method": partition}))
+    items = sorted(data.titles, key=natural_key)
+    column = {item: j for j, item in enumerate(items)}
+    tests = {c: s for c, s in enumerate(parts.split_samples(data.test)) if s}
+    mask = (config.get("eval") or {}).get("mask", "history") if not args.quick else "history"
+    masked = masked_items(data, tests, mask)
+    trains = parts.split_samples(data.train)
+    rows = []
+    for method in [m for m in SASREC if m in args.methods]:
+        start, per_user, clients = time.perf_counter(), [], {}
+        central = train_sasrec(data.train, items, seed=seed) if method == "SASRec centralized" else None
+        for c, samples in tests.items():
+            model = central or train_sasrec(trains[c], items, seed=seed)
+            flags = lambda sets: _flags(sets, column)  # noqa: E731
+            values = per_user_metrics(model.score([s.history for s in samples]), flags([set(s.targets) for s in
+                                      samples]), flags(masked[c]), ks=(10,))
+            clients[str(c)] = float(values["ndcg@10"].mean())
+            per_user += [{"user": s.user, "client": c, "ndcg@10": float(values["ndcg@10"][u]),
+                          "recall@10": float(values["recall@10"][u])} for u, s in enumerate(samples)]
+        rows.append({"method": method, "partition": partition, "seed": seed, "objective": "sasrec",
+                     "users": len(per_user), "ndcg@10": statistics.fmean(float(u["ndcg@10"]) for u in per_user),
+                     "recall@10": statistics.fmean(float(u["recall@10"]) for u in per_user),
+                     "client_std_ndcg@10": statistics.pstdev(clients.values()), "clients": clients,
+                     "protocol": mask, "wall_seconds": time.perf_counter() - start, "per_user": per_user})
+    return rows
+
+
+def cached_sasrec_rows(args, partition: str, seed: int, runs_dir: Path) -> list[dict]:
+    path = runs_dir / f"sasrec-{partition}-s{seed}.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    if {r["method"] for r in rows} != {m for m in SASREC if m in args.methods}:
+        rows = sasrec_rows(args, partition, seed)
+        path.write_text(json.dumps(rows))
+    return rows
+
+
+def _flags(item_sets, column):
+    import torch
+
+    flags = torch.zeros(len(item_sets), len(column), dtype=torch.bool)
+    for u, items in enumerate(item_sets):
+        flags[u, [column[i] for i in items if i in column]] = True
+    return flags
+
+
+def per_user_table(rows: list[dict], method: str, partition: str) -> dict[str, tuple[int, np.ndarray]]:
+    """user -> (client, NDCG@10 per seed) of a method's scoring runs, over the seeds every user has."""
+    runs = [r for r in rows if r["method"] == method and r["partition"] == partition and r["objective"] != "generate"]
+    table: dict[str, list] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        for u in r["per_user"]:
+            table.setdefault(u["user"], [int(u["client"]), {}])[1][r["seed"]] = float(u["ndcg@10"])
+    return table
+
+
+def claims(rows: list[dict], partitions: list[str], resamples: int) -> list[dict]:
+    """Per partition: FELLRec above FedAvg, FELLRec above Local (mean per-user NDCG@10 difference), and FELLRec's
+    clients more even than FedAvg's (std over clients of NDCG@10, FedAvg's minus FELLRec's). 95% CIs by a paired
+    bootstrap over users; a user's value is its mean over the seeds both methods ran (pooled over seeds)."""
+    out = []
+    for partition in partitions:
+        fellrec = per_user_table(rows, "FELLRec", partition)
+        for other, claim in (("FedAvg", "FELLRec above FedAvg"), ("Local", "FELLRec above Local"),
+                             ("FedAvg", "FELLRec's clients more even than FedAvg's")):
+            paired = paired_values(fellrec, per_user_table(rows, other, partition))
+            if paired is None:
                 continue
-            out[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+            clients, mine, theirs, seeds = paired
+            if "even" in claim:
+                diff, ci = bootstrap(lambda i: client_std(theirs[i], clients[i]) - client_std(mine[i], clients[i]),
+                                     clients, resamples)
+            else:
+                diff, ci = bootstrap(lambda i: float(np.mean(mine[i] - theirs[i])), clients, resamples)
+            verdict = "holds" if ci[0] > 0 else "does not hold" if ci[1] < 0 else "cannot tell"
+            out.append({"claim": claim, "partition": partition, "mean_diff": diff, "ci95": ci, "verdict": verdict,
+                        "seeds": seeds, "users": len(clients)})
     return out
 
 
+def paired_values(mine: dict, theirs: dict):
+    """(client, my value, their value) arrays over the users both have, each averaged over the seeds both ran for
+    that user, and those seeds; None when the methods share no user."""
+    clients, a, b, seeds = [], [], [], set()
+    for user in sorted(set(mine) & set(theirs)):
+        shared = sorted(set(mine[user][1]) & set(theirs[user][1]))
+        if shared:
+            clients.append(mine[user][0])
+            a.append(np.mean([mine[user][1][s] for s in shared]))
+            b.append(np.mean([theirs[user][1][s] for s in shared]))
+            seeds.update(shared)
+    if not clients:
+        return None
+    return np.array(clients), np.array(a), np.array(b), sorted(seeds)
+
+
+def client_std(values: np.ndarray, clients: np.ndarray) -> float:
+    """Population std over clients of each client's mean value (results.json's balance std)."""
+    return float(np.std([values[clients == c].mean() for c in np.unique(clients)]))
+
+
+def bootstrap(statistic, clients: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, list[float]]:
+    """(the statistic on all users, its 95% percentile interval): users resampled with replacement within each
+    client, so every resample keeps each client's size."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(clients == c) for c in np.unique(clients)]
+    draws = [statistic(np.concatenate([rng.choice(g, len(g)) for g in groups])) for _ in range(resamples)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return statistic(np.arange(len(clients))), [float(low), float(high)]
+
+
 def stamp(argv: list[str]) -> dict:
+    from fellrec.reporting.stamp import git_commit, machine
+
     return {"command": "python experiments/compare.py " + " ".join(argv), "commit": git_commit(REPO),
             "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def write_outputs(rows: list[dict], args, argv: list[str], out: Path, planned: int) -> dict:
+    report = {"stamp": stamp(argv), "settings": {k: str(v) for k, v in vars(args).items()},
+              "planned_runs": planned, "runs": [{k: v for k, v in r.items() if k != "per_user"} for r in rows],
+              "claims": claims(rows, args.partitions, args.bootstrap),
+              "wall_seconds": sum(r["wall_seconds"] for r in rows)}
+    (out / "compare.json").write_text(json.dumps(report, indent=2))
+    write_plot(report, out / "compare.png")
+    (out / "compare.md").write_text(write_markdown(report))
+    return report
+
+
 def main(argv=None) -> None:
+    from fellrec.reporting.stamp import dataset_name
+
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     config = yaml.safe_load((REPO / args.config).read_text())
@@ -153,23 +302,20 @@ def main(argv=None) -> None:
     out = args.out or REPO / "experiments" / "results" / dataset
     runs_dir = (args.runs_dir or REPO / "runs" / "compare" / dataset) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(p, s, m) for p in args.partitions for s in args.seeds for m in args.methods]
-    per_run: dict = {}
-    for partition, seed, method in tqdm(runs, desc="compare runs", unit="run"):
-        tqdm.write(f"{method} ({partition} partition, seed {seed})", file=sys.stderr)
-        results = run_one(args, method, partition, seed, runs_dir)
-        per_run[(partition, seed, method)] = summary(results)
-        per_run.setdefault((partition, seed, "Popularity"), popularity_summary(results))
-    report = {"stamp": stamp(argv), "settings": {k: str(v) for k, v in vars(args).items()}, "partitions": {}}
-    for partition in args.partitions:
-        methods = [*args.methods, "Popularity"]
-        report["partitions"][partition] = {
-            m: aggregate([per_run[(partition, s, m)] for s in args.seeds]) for m in methods}
-    (out / "compare.json").write_text(json.dumps(report, indent=2))
-    paths = write_plots(report, out)
-    (out / "compare.md").write_text(write_markdown(report, args, paths))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for p in args.partitions for s in args.seeds for r in cached_sasrec_rows(args, p, s, runs_dir)]
+    plan, start = planned_runs(args), time.perf_counter()
+    for run in tqdm(plan, desc="compare runs", unit="run"):
+        done = (runs_dir / run.name / "results.json").is_file()
+        if not done and args.stop_after is not None and time.perf_counter() - start > 60 * args.stop_after:
+            tqdm.write(f"--stop-after {args.stop_after} min: stopping before {run.name}", file=sys.stderr)
+            break
+        tqdm.write(f"{run.method} ({run.objective}, {run.partition} partition, seed {run.seed})", file=sys.stderr)
+        rows.append(run_fit(args, run, runs_dir))
+        write_outputs(rows, args, argv, out, len(plan))
+    report = write_outputs(rows, args, argv, out, len(plan))
     print((out / "compare.md").read_text())
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {len(paths)} plots", file=sys.stderr)
+    print(f"wrote {out / 'compare.md'}, compare.json and compare.png ({len(report['runs'])} runs)", file=sys.stderr)
 
 
 if __name__ == "__main__":

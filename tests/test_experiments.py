@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import statistics
 import re
 import subprocess
 import sys
@@ -107,32 +109,63 @@ def test_resources_quick_writes_table_and_plot(tmp_path):
     assert (tmp_path / "resources.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_quick_writes_the_comparison(tmp_path):
-    methods = ["FedAvg", "FELLRec", "Local"]
-    result = subprocess.run([sys.executable, "experiments/compare.py", "--quick", "--methods", *methods,
-                             "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)
+def test_compare_quick_writes_runs_users_and_claims(tmp_path):
+    command = [sys.executable, "experiments/compare.py", "--quick", "--methods", "FELLRec", "FedAvg", "SASRec local",
+               "--partitions", "kmeans", "--seeds", "42", "1", "--no-generative", "--bootstrap", "200",
+               "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "compare.json").read_text(),
                         parse_constant=lambda c: pytest.fail(f"{c} in compare.json is not strict JSON"))
-    methods_seen = report["partitions"]["kmeans"]
-    assert list(methods_seen) == [*methods, "Popularity"]
-    for row in methods_seen.values():
-        assert all(0 <= row[f"ndcg@{k}"][0] <= 1 for k in (5, 10, 20)) and len(row["clients"]) == 3
-    runs = tmp_path / "runs" / "quick"
-    fellrec = json.loads((runs / "kmeans-s42-fellrec" / "results.json").read_text())
-    assert methods_seen["FELLRec"]["ndcg@10"][0] == fellrec["overall"]["ndcg@10"]  # the table shows the run's numbers
-    assert methods_seen["Popularity"]["ndcg@10"][0] == fellrec["popularity"]["ndcg@10"]
-    assert methods_seen["FELLRec"]["val_loss"][0] > 0 and methods_seen["Popularity"]["val_loss"] == [None, None]
+    runs = {(r["method"], r["seed"]): r for r in report["runs"]}
+    assert set(runs) == {(m, s) for m in ("FELLRec", "FedAvg", "SASRec local") for s in (42, 1)}
+    fellrec_dir = tmp_path / "runs" / "quick" / "score-kmeans-s1-fellrec"
+    results = json.loads((fellrec_dir / "results.json").read_text())
+    assert runs["FELLRec", 1]["ndcg@10"] == results["overall"]["ndcg@10"]  # the table shows the run's numbers
+    assert runs["FELLRec", 1]["users"] == runs["SASRec local", 1]["users"] == 60  # every test user, both kinds
+    with open(fellrec_dir / "test_users.csv") as f:  # the per-user rows average to the run's overall value
+        per_user = [float(row["ndcg@10"]) for row in csv.DictReader(f)]
+    assert statistics.fmean(per_user) == pytest.approx(results["overall"]["ndcg@10"], abs=1e-9)
+    assert "weights_offdiag_range" in runs["FELLRec", 42] and "weights_offdiag_range" not in runs["FedAvg", 42]
+    assert [(c["claim"], c["seeds"]) for c in report["claims"]] == [
+        ("FELLRec above FedAvg", [1, 42]), ("FELLRec's clients more even than FedAvg's", [1, 42])]
     markdown = (tmp_path / "out" / "compare.md").read_text()
-    assert "| FELLRec |" in markdown and "| Popularity |" in markdown and "Claim 1" in markdown
-    assert "commit:" in markdown and "machine:" in markdown
-    assert (tmp_path / "out" / "compare_kmeans.png").stat().st_size > 10_000
-    again = subprocess.run([sys.executable, "experiments/compare.py", "--quick", "--methods", *methods,
-                            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and json.loads((tmp_path / "out" / "compare.json").read_text()) \
-        ["partitions"] == report["partitions"]  # finished runs are reused, not redone
+    assert "| Popularity |" in markdown and "| SASRec local | sasrec | 2 | 60 |" in markdown
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0  # finished runs (and SASRec's rows) are reused, not redone
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["runs"] == report["runs"]
+
+
+def _user_rows(method: str, seed: int, values: dict[str, tuple[int, float]]) -> dict:
+    per_user = [{"user": u, "client": str(c), "ndcg@10": str(v)} for u, (c, v) in values.items()]
+    return {"method": method, "partition": "kmeans", "seed": seed, "objective": "score", "per_user": per_user}
+
+
+def test_claims_on_hand_made_users():
+    """Two clients of two users. FELLRec is FedAvg plus 0.1 for every user in both seeds -> +0.1 with a CI of width
+    0, holds; FELLRec equals Local -> 0, cannot tell. FedAvg (plus 0.1) has clients averaging 0.3 and 0.7 (std 0.2), FELLRec's 0.5
+    and 0.5 after pooling its seeds (std 0) -> the balance claim holds at +0.2."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    from compare import claims
+
+    fedavg = {"a": (0, 0.1), "b": (0, 0.3), "c": (1, 0.5), "d": (1, 0.7)}
+    fellrec = {u: (c, v + 0.1) for u, (c, v) in fedavg.items()}
+    even = {42: {"a": (0, 0.3), "b": (0, 0.3), "c": (1, 0.7), "d": (1, 0.7)},
+            1: {"a": (0, 0.7), "b": (0, 0.7), "c": (1, 0.3), "d": (1, 0.3)}}
+    rows = [_user_rows("FedAvg", s, fedavg) for s in (42, 1)] + [_user_rows("FELLRec", s, fellrec) for s in (42, 1)]
+    rows += [_user_rows("Local", s, fellrec) for s in (42, 1)]
+    out = {c["claim"]: c for c in claims(rows, ["kmeans"], resamples=200)}
+    assert out["FELLRec above FedAvg"]["mean_diff"] == pytest.approx(0.1)
+    assert out["FELLRec above FedAvg"]["ci95"] == pytest.approx([0.1, 0.1])
+    assert out["FELLRec above FedAvg"]["verdict"] == "holds"
+    assert (out["FELLRec above Local"]["mean_diff"], out["FELLRec above Local"]["verdict"]) == (0.0, "cannot tell")
+    rows = [_user_rows("FedAvg", s, {u: (c, v + 0.1) for u, (c, v) in fedavg.items()}) for s in (42, 1)]
+    rows += [_user_rows("FELLRec", s, even[s]) for s in (42, 1)]
+    balance = claims(rows, ["kmeans"], resamples=200)[-1]
+    assert balance["claim"] == "FELLRec's clients more even than FedAvg's"
+    assert balance["mean_diff"] == pytest.approx(0.2) and balance["verdict"] == "holds"
+    assert balance["ci95"][0] > 0
 
 
 def test_bench_train_json_compares_the_old_and_the_default_configuration():

@@ -115,9 +115,11 @@ class ModelArgs:
     """`generate` (BIGRec: write the next title, ground it to an item) or `score` (RecFormer-like: the client's
     final-norm state at the end of the prompt is the user vector; every item is scored by an item table the client
     holds: scale x cos(user, item) + item bias, full-softmax cross-entropy)."""
-    score_bias: Literal["zero", "log_count"] = "log_count"
+    score_bias: Literal["zero", "log_count", "client_prior"] = "log_count"
     """score: the item bias starts at 0, or at log(1 + count) of the item in the client's own training interactions
-    (the head then starts at the client's popularity ranking)."""
+    (the head then starts at the client's popularity ranking, and aggregation mixes it with the other clients'), or
+    `client_prior`: those log-counts are a fixed prior the client adds to every score and never uploads, and the
+    learnt (aggregated) bias starts at 0 on top of it."""
     score_scale: float = 1.0
     """score: initial scale of the cosine (learnt); a large one lets the untrained cosine drown the bias."""
     score_targets: Literal["last", "all"] = "last"

@@ -131,6 +131,31 @@ def test_log_count_bias_starts_each_client_at_its_own_popularity():
     assert HEAD + "bias" in store.client_state(0) and HEAD + "items" not in store.server_state(0)
 
 
+def test_client_prior_stays_with_its_client_through_aggregation_and_ranks_by_its_own_counts():
+    """Client 0 holds users 0 and 1 (items 0 and 1 counted twice), client 1 users 2 and 3 (item 0 twice, 3 and 5
+    once). With the cosine scaled to nothing and FedAvg mixing the learnt biases (all zero), each client still ranks
+    by its own counts: user 0's test target 5 (items 0-3 masked as history) is client 1's top item, while for
+    client 0 it is one of 37 items with count 0."""
+    objective, store, data = build(score_bias="client_prior")
+    objective.init_clients(store, {0: {"0", "1"}, 1: {"2", "3"}})
+    assert torch.count_nonzero(store.state(0)[HEAD + "bias"]) == 0  # the learnt part starts at zero
+    assert objective.priors[1][:6].tolist() == pytest.approx([math.log(3), 0, 0, math.log(2), 0, math.log(2)])
+    for c in (0, 1):
+        state = dict(store.state(c))
+        state[HEAD + "log_scale"] = torch.tensor(-30.0)
+        store.set_state(c, state)
+    new = build_strategy("fedavg").aggregate_round({c: store.state(c) for c in (0, 1)}, {0: 1, 1: 1},
+                                                   {0: 0.0, 1: 0.0}, 0, [0, 1])
+    for c in (0, 1):
+        store.set_state(c, new[c])
+        assert not any(torch.equal(t, objective.priors[c]) for t in new[c].values())  # never uploaded
+    report = objective.evaluate({0: [data.test[0]], 1: [data.test[0]]}, "history", progress=False, ks=(5, 10))
+    ndcg = {row["client"]: row["ndcg@5"] for row in report["clients"]}
+    assert ndcg[1] == 1.0 and ndcg[0] < 1.0
+    assert [(r["user"], r["client"], r["ndcg@10"]) for r in report["per_user"]][1] == ("0", 1, 1.0)
+    assert objective.evaluate({1: [data.test[0]]}, "history", progress=False)["client_popularity"]["ndcg@10"] == 1.0
+
+
 def test_the_head_is_aggregated_and_round_trips_bitwise_through_save_and_load(tmp_path):
     objective, store, _ = build()
     g = torch.Generator().manual_seed(1)

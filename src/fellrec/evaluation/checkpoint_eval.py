@@ -27,6 +27,7 @@ def _load(cfg, ckpt: Path):
     from fellrec.data.pipeline import load_data
     from fellrec.evaluation.grounding import ItemIndex
     from fellrec.model.adapters import AdapterStore
+    from fellrec.federation.clients import client_users
     from fellrec.model.loading import cache_root, load_tokenizer
     from fellrec.model.split import SplitModel
     from fellrec.objectives import build_objective
@@ -40,6 +41,7 @@ def _load(cfg, ckpt: Path):
     index = ItemIndex.build(model, tokenizer, data.titles, cache_dir=cache_root() / "item-index")
     objective = build_objective(cfg, model, tokenizer, data, lambda: index, autocast_for(cfg.train, model.device))
     store = objective.store = AdapterStore(model)
+    objective.init_clients(store, client_users(data, partition, cfg.fed.strategy == "centralized"))
     for client in range(partition.num_clients):
         store.load(client, adapter_dir(ckpt, client))
     return data, partition, objective
@@ -87,10 +89,17 @@ def evaluate_test_users(ev, objective, data, partition, out_dir: Path, progress:
 
 
 def write_results(results: dict, out_dir: Path) -> None:
-    """results.json (keys overall, clients, balance, popularity, ...) and results.csv (one row per client)."""
+    """results.json (keys overall, clients, balance, popularity, ...), results.csv (one row per client) and, where
+    the objective ranked every user, test_users.csv (one row per test user: paired comparisons of runs)."""
     import csv
 
+    per_user = results.pop("per_user", None)
     (out_dir / "results.json").write_text(json.dumps(_finite_or_null(results), indent=2))
+    if per_user:
+        with open(out_dir / "test_users.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(per_user[0]))
+            writer.writeheader()
+            writer.writerows(per_user)
     popular = {row["client"]: row for row in results["popularity_clients"]}
     rows = [{**row, **{f"popularity_{k}": v for k, v in popular[row["client"]].items() if k not in ("client", "users")}}
             for row in results["clients"]]

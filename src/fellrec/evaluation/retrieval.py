@@ -38,7 +38,7 @@ def per_user_metrics(scores: torch.Tensor, targets: torch.Tensor, masked: torch.
     for k in ks:
         for name, cls in _CLASSES.items():
             metric = cls(top_k=k, aggregation=_per_query)
-            out[f"{name}@{k}"] = metric(preds, target, indexes=indexes)
+            out[f"{name}@{k}"] = metric(preds, target, indexes=indexes).reshape(-1)  # 0-dim for one user
     return out
 
 

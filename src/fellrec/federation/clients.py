@@ -36,3 +36,11 @@ def build_client_data(data: RecData, partition: Partition, objective, train_args
         train = objective.encode(train_parts[client])
         out[client] = ClientData(client, train, objective.encode(valid), sum(e.truncated for e in train))
     return out
+
+
+def client_users(data: RecData, partition: Partition, centralized: bool = False) -> dict[int, set[str]]:
+    """Whose training interactions each client holds (centralized: client 0 holds everyone's)."""
+    if centralized:
+        everyone = {u for u, _ in data.train_pairs}
+        return {c: everyone if c == 0 else set() for c in range(partition.num_clients)}
+    return {c: set(partition.users_of(c)) for c in range(partition.num_clients)}

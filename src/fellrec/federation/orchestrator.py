@@ -26,7 +26,7 @@ from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, Par
                             TrainArgs)
 from fellrec.errors import FellrecError
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
-from fellrec.federation.clients import build_client_data
+from fellrec.federation.clients import build_client_data, client_users
 from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
 from fellrec.federation.protection import protect_update, update_norm
 from fellrec.files import write_atomically
@@ -122,7 +122,7 @@ class Federation:
         for c in self.ids:
             self.store.state(c)  # every client starts from the same initial adapter
         self.strategy.set_initial(self.store.state(self.ids[0]))  # rebuilt from the seed on resume too
-        self.objective.init_clients(self.store, self.client_users(centralized))
+        self.objective.init_clients(self.store, client_users(self.data, self.partition, centralized))
         self.trainable = [c for c in self.ids if self.clients[c].train]
         for c in sorted(set(self.ids) - set(self.trainable)):
             if cfg.fed.strategy != "centralized":
@@ -170,13 +170,6 @@ class Federation:
 
     def autocast(self):
         return self.fabric.autocast()
-
-    def client_users(self, centralized: bool) -> dict[int, set[str]]:
-        """Whose training interactions each client holds (centralized: client 0 holds everyone's)."""
-        if centralized:
-            everyone = {u for u, _ in self.data.train_pairs}
-            return {c: everyone if c == 0 else set() for c in self.ids}
-        return {c: set(self.partition.users_of(c)) for c in self.ids}
 
     def item_index(self):
         """The base model's item-title embeddings, built once (and cached on disk across runs)."""

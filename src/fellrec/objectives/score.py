@@ -23,6 +23,9 @@ from fellrec.model.score_head import PREFIX, ScoreHead, log_count_bias
 from fellrec.objectives.base import lr_groups
 
 
+PER_USER = ("ndcg@10", "recall@10")  # the per-user values results keep (test_users.csv): paired comparisons
+
+
 class ScoreObjective:
     name = "score"
 
@@ -35,16 +38,29 @@ class ScoreObjective:
         self.encoder = ScoreEncoder(tokenizer, self.style, data.titles, index.row, cfg.model.max_length,
                                     cfg.model.score_targets)
         self.store = None
+        self.priors: dict[int, torch.Tensor] = {}  # score_bias client_prior: each client's fixed log-counts
 
     def init_clients(self, store, client_users: dict[int, set[str]]) -> None:
         """With `model.score_bias: log_count`, each client's bias starts at log(1 + count) of its own users'
-        training interactions: the head starts at the client's popularity ranking."""
-        if self.cfg.model.score_bias != "log_count":
+        training interactions: the head starts at the client's popularity ranking. With `client_prior` those
+        log-counts stay a fixed prior of the client's (recomputed from its data, never stored or uploaded)."""
+        mode = self.cfg.model.score_bias
+        if mode == "zero":
             return
         for client, users in client_users.items():
+            counts = log_count_bias(self.items, (i for u, i in self.data.train_pairs if u in users))
+            if mode == "client_prior":
+                self.priors[client] = counts.to(self.model.device)
+                continue
             state = dict(store.state(client))
-            state[PREFIX + "bias"] = log_count_bias(self.items, (i for u, i in self.data.train_pairs if u in users))
+            state[PREFIX + "bias"] = counts
             store.set_state(client, state)
+
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        """The active client's head on `users`, plus its fixed prior where it has one."""
+        scores = self.head(users).float()
+        prior = self.priors.get(self.store.active) if self.priors else None
+        return scores if prior is None else scores + prior
 
     def encode(self, samples: list[Sample]) -> list:
         return self.encoder.encode_all(samples)
@@ -66,7 +82,7 @@ class ScoreObjective:
 
     def loss(self, sides, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         users, targets = self.user_vectors(sides, batch)
-        return F.cross_entropy(self.head(users).float(), targets)
+        return F.cross_entropy(self.scores(users), targets)
 
     def param_groups(self, live: dict, train) -> list[dict]:
         return lr_groups(live, train.lr, lambda name: name.startswith(PREFIX), train.item_lr)
@@ -86,32 +102,44 @@ class ScoreObjective:
             batch["targets"] = torch.zeros((len(chunk), 1), dtype=torch.long, device=self.model.device)
             with self.autocast():
                 users, _ = self.user_vectors(sides, batch)
-                out[chunk] = self.head(users).float().cpu()
+                out[chunk] = self.scores(users).cpu()
         return out
 
     def evaluate(self, samples_per_client: dict[int, list[Sample]], mask: str, progress: bool = True,
                  ks=DEFAULT_KS) -> dict:
         from fellrec.evaluation.evaluate import client_report, masked_items, popularity_report
-        from fellrec.evaluation.retrieval import mean_retrieval_metrics
+        from fellrec.evaluation.retrieval import per_user_metrics
 
         samples_per_client = {c: s for c, s in sorted(samples_per_client.items()) if s}
         masked = masked_items(self.data, samples_per_client, mask)
         row = self.index.row
         n_users = sum(len(s) for s in samples_per_client.values())
-        start, previous, per_client = time.perf_counter(), self.store.active, {}
+        start, previous, per_client, per_user, prior_clients = time.perf_counter(), self.store.active, {}, [], {}
         try:
             with tqdm(total=n_users, desc="ranking users", unit="user", disable=not progress) as bar:
                 for client, samples in samples_per_client.items():
                     scores = self.score_samples(self.store.activate(client), samples, self.cfg.eval.batch_size)
                     targets = _flags_of([set(s.targets) for s in samples], row)
-                    per_client[client] = mean_retrieval_metrics(scores, targets, _flags_of(masked[client], row), ks)
+                    flags = _flags_of(masked[client], row)
+                    values = per_user_metrics(scores, targets, flags, ks)
+                    per_client[client] = {name: float(v.mean()) for name, v in values.items()}
+                    per_user += [{"user": s.user, "client": client, **{n: float(values[n][u]) for n in PER_USER if n in values}}
+                                 for u, s in enumerate(samples)]
+                    if client in self.priors:  # the client's own counts alone: what the LLM adds is the rest
+                        prior = self.priors[client].cpu().expand(len(samples), -1)
+                        prior_clients[client] = {n: float(v.mean()) for n, v in
+                                                 per_user_metrics(prior, targets, flags, ks).items()}
                     bar.update(len(samples))
         finally:
             if previous is not None:
                 self.store.activate(previous)
         seconds = time.perf_counter() - start
-        report = client_report(per_client, {c: len(s) for c, s in samples_per_client.items()})
+        users = {c: len(s) for c, s in samples_per_client.items()}
+        report = client_report(per_client, users)
         report.update(popularity_report(self.data, samples_per_client, masked, ks))
+        if prior_clients:
+            report["client_popularity"] = client_report(prior_clients, users)["overall"]
+        report["per_user"] = per_user
         report["speed"] = {"users": n_users, "seconds": seconds, "users_per_second": n_users / seconds,
                            "item_embedding_seconds": self.index.build_seconds,
                            "item_index_cached": self.index.from_cache}
