@@ -7,8 +7,10 @@ run ends by ranking every test user with its clients' best adapters and writes o
 which is what the confidence intervals resample. SASRec trains in this process on the same training windows and is
 ranked by the same code with the same mask. FELLRec, FedAvg and Local (the claims) run for every seed, the other
 methods for the first seed; FELLRec and FedAvg also run once with the generative (BIGRec) recommender, so the paper's
-own backbone is in the table. Finished runs are kept under --runs-dir and reused, and the outputs are rewritten after
-every run, so the comparison can take several sittings (`--stop-after` minutes ends a sitting between two runs).
+own backbone is in the table. Each finished run's row (its numbers and every test user's NDCG@10 and Recall@10) is
+kept in <out>/compare_runs/<run>.json, which is committed beside compare.json: a later sitting, even on a fresh
+clone, reuses those rows and runs only what is missing (`--stop-after` minutes ends a sitting between two runs). The
+fits themselves (checkpoints, logs) go to --runs-dir and are not kept.
 
     python experiments/compare.py                       # all of it: ~30 runs of ~8 min on 2 CPU cores
     python experiments/compare.py --stop-after 60       # one sitting; run it again to go on
@@ -117,8 +119,20 @@ def fit_command(args, run: Run, runs_dir: Path) -> list[str]:
             "--train.seed", str(run.seed), "--data.seed", str(run.seed), *quick, *options]
 
 
+def saved_row(path: Path, make_row) -> dict | list:
+    """The row (or list of rows) saved at `path`, or `make_row()`'s, saved there first; per-user values are kept to
+    6 decimals, which keeps the file small."""
+    if not path.is_file():
+        made = make_row()
+        for row in made if isinstance(made, list) else [made]:
+            row["per_user"] = [{k: round(v, 6) if isinstance(v, float) else v for k, v in u.items()}
+                               for u in row["per_user"]]
+        path.write_text(json.dumps(made, separators=(",", ":")))
+    return json.loads(path.read_text())
+
+
 def run_fit(args, run: Run, runs_dir: Path) -> dict:
-    """One `fellrec fit` run's row (reused when its results.json is already there)."""
+    """One `fellrec fit` run's row (a run whose results.json is already there is not run again)."""
     run_dir = runs_dir / run.name
     if not (run_dir / "results.json").is_file():
         if run_dir.exists():  # an unfinished run: start it again from scratch
@@ -136,7 +150,8 @@ def run_fit(args, run: Run, runs_dir: Path) -> dict:
         rounds = list(csv.DictReader(open(run_dir / "rounds.csv")))
         row["weights_offdiag_range"] = float(rounds[-1]["weights_offdiag_range"])
     users_file = run_dir / "test_users.csv"
-    row["per_user"] = list(csv.DictReader(open(users_file))) if users_file.is_file() else []
+    row["per_user"] = [{"user": u["user"], "client": int(u["client"]), "ndcg@10": float(u["ndcg@10"]),
+                        "recall@10": float(u["recall@10"])} for u in csv.DictReader(open(users_file))]
     return row
 
 
@@ -191,13 +206,11 @@ def sasrec_rows(args, partition: str, seed: int) -> list[dict]:
     return rows
 
 
-def cached_sasrec_rows(args, partition: str, seed: int, runs_dir: Path) -> list[dict]:
-    path = runs_dir / f"sasrec-{partition}-s{seed}.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    if {r["method"] for r in rows} != {m for m in SASREC if m in args.methods}:
-        rows = sasrec_rows(args, partition, seed)
-        path.write_text(json.dumps(rows))
-    return rows
+def cached_sasrec_rows(args, partition: str, seed: int, rows_dir: Path) -> list[dict]:
+    path = rows_dir / f"sasrec-{partition}-s{seed}.json"
+    if path.is_file() and {r["method"] for r in json.loads(path.read_text())} != {m for m in SASREC if m in args.methods}:
+        path.unlink()  # other SASRec methods asked for: train them again
+    return saved_row(path, lambda: sasrec_rows(args, partition, seed))
 
 
 def _flags(item_sets, column):
@@ -302,16 +315,18 @@ def main(argv=None) -> None:
     out = args.out or REPO / "experiments" / "results" / dataset
     runs_dir = (args.runs_dir or REPO / "runs" / "compare" / dataset) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r for p in args.partitions for s in args.seeds for r in cached_sasrec_rows(args, p, s, runs_dir)]
+    rows_dir = out / "compare_runs"
+    for folder in (runs_dir, rows_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    rows = [r for p in args.partitions for s in args.seeds for r in cached_sasrec_rows(args, p, s, rows_dir)]
     plan, start = planned_runs(args), time.perf_counter()
     for run in tqdm(plan, desc="compare runs", unit="run"):
-        done = (runs_dir / run.name / "results.json").is_file()
+        done = (rows_dir / f"{run.name}.json").is_file()
         if not done and args.stop_after is not None and time.perf_counter() - start > 60 * args.stop_after:
             tqdm.write(f"--stop-after {args.stop_after} min: stopping before {run.name}", file=sys.stderr)
             break
         tqdm.write(f"{run.method} ({run.objective}, {run.partition} partition, seed {run.seed})", file=sys.stderr)
-        rows.append(run_fit(args, run, runs_dir))
+        rows.append(saved_row(rows_dir / f"{run.name}.json", lambda: run_fit(args, run, runs_dir)))
         write_outputs(rows, args, argv, out, len(plan))
     report = write_outputs(rows, args, argv, out, len(plan))
     print((out / "compare.md").read_text())

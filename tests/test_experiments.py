@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 import re
 import subprocess
@@ -132,8 +133,10 @@ def test_compare_quick_writes_runs_users_and_claims(tmp_path):
     markdown = (tmp_path / "out" / "compare.md").read_text()
     assert "| Popularity |" in markdown and "| SASRec local | sasrec | 2 | 60 |" in markdown
     assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.rmtree(tmp_path / "runs")  # a later sitting on a fresh clone: only the saved rows are left
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0  # finished runs (and SASRec's rows) are reused, not redone
+    assert again.returncode == 0  # finished runs (and SASRec's rows) are reused from compare_runs/, not redone
+    assert not (tmp_path / "runs" / "quick" / "score-kmeans-s1-fellrec").exists()
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["runs"] == report["runs"]
 
 
