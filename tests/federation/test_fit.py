@@ -180,6 +180,19 @@ def test_fedavg_gives_every_client_the_same_adapter(tmp_path):
     assert torch.equal(final[f"client_0/{name}"], final[f"client_2/{name}"])
 
 
+def test_fedprox_with_mu_0_and_kept_optimizer_states_equals_fedavg(tmp_path):
+    """FedProx's proximal terms (the client's in its loss, the server's on the server) vanish at mu = 0, and both
+    sides' optimizer states carried into round 2 are the same either way: the adapters must match FedAvg's."""
+    finals = {}
+    for strategy in ("fedavg", "fedprox"):
+        result = fit(*TINY, "--out_dir", str(tmp_path), "--fed.strategy", strategy, "--fed.mu", "0", "--fed.rounds",
+                     "2", "--train.keep_optimizer_state", "true", "--name", strategy)
+        assert result.returncode == 0, result.stderr[-3000:]
+        finals[strategy] = adapters(tmp_path / strategy / "round_001")
+    assert finals["fedavg"].keys() == finals["fedprox"].keys()
+    assert all(torch.allclose(finals["fedavg"][k], finals["fedprox"][k], atol=1e-7) for k in finals["fedavg"])
+
+
 def kill_after_the_first_round(*args: str, run_dir: Path) -> None:
     """Start `fellrec fit *args` and SIGKILL it as soon as run_dir/round_000 exists."""
     command = [sys.executable, "-m", "fellrec", "fit", *args]

@@ -51,36 +51,88 @@ def micro_batches(samples: list, args: TrainArgs, generator: torch.Generator):
                for j in range(0, len(step), args.micro_batch_size)]
 
 
+SIDES = ("client", "server")
+
+
+@dataclass
+class SideOptimizer:
+    """One side's own AdamW and scheduler over the trainable tensors that side holds, and its gradient clipping."""
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def step(self, max_grad_norm: float) -> None:
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+
+
+def side_of(sides: SplitSides) -> Callable[[torch.Tensor], str]:
+    """"server" for a tensor of the ServerModule (its blocks' LoRA), "client" for every other (head, tail, the score
+    objective's item table)."""
+    server = {id(p) for p in sides.server.parameters()}
+    return lambda tensor: "server" if id(tensor) in server else "client"
+
+
+def side_optimizers(sides: SplitSides, param_groups: list[dict], args: TrainArgs, total_steps: int,
+                    warmup_steps: int, state: Optional[dict] = None) -> dict[str, SideOptimizer]:
+    """Each side's optimizer over its share of `param_groups` (a group keeps its learning rate on both sides);
+    `state` is what `optimizer_states` returned for keep_optimizer_state."""
+    side, out = side_of(sides), {}
+    for name in SIDES:
+        groups = [{**g, "params": [p for p in g["params"] if side(p) == name]} for g in param_groups]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            continue
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+        if state and name in state:
+            optimizer.load_state_dict(state[name])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup_steps))
+        out[name] = SideOptimizer([p for g in groups for p in g["params"]], optimizer, scheduler)
+    return out
+
+
+def proximal_term(strategy, sides: SplitSides, live: dict[str, torch.Tensor], start: dict[str, torch.Tensor]
+                  ) -> Callable[[str], torch.Tensor]:
+    """`proximal(side)` for train_client: the strategy's local loss term (FedProx's) over that side's own tensors,
+    anchored at the adapter the round started from."""
+    side = side_of(sides)
+    own = {name: [n for n, p in live.items() if side(p) == name] for name in SIDES}
+    anchor = {n: t.to(live[n].device) for n, t in start.items()}
+    return lambda name: strategy.local_loss_term({n: live[n] for n in own[name]}, {n: anchor[n] for n in own[name]})
+
+
 def train_client(sides: SplitSides, objective, param_groups: list[dict], samples: list, args: TrainArgs,
                  round_idx: int, client: int, device: torch.device, autocast,
-                 extra_loss: Optional[Callable[[], torch.Tensor]] = None,
+                 proximal: Optional[Callable[[str], torch.Tensor]] = None,
                  optimizer_state: Optional[dict] = None, progress=None) -> tuple[LocalResult, dict]:
     """Train the active adapter (the tensors of `param_groups`) on `samples`, encoded by `objective`, for
-    `args.local_epochs` epochs. Returns the result and the optimizer state (for keep_optimizer_state)."""
+    `args.local_epochs` epochs. Client and server each step their own optimizer, scheduler and gradient clipping.
+    `proximal(side)` is a side's own loss term over its own tensors (FedProx): the client's joins its loss, the
+    server's is backpropagated on the server once per step, never seen by the client. Returns the result and the
+    optimizers' states (for keep_optimizer_state)."""
     seed = round_seed(args.seed, round_idx, client)
     torch.manual_seed(seed)  # LoRA dropout
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(samples) / args.batch_size)
-    total = steps_per_epoch * args.local_epochs
-    params = [p for group in param_groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(param_groups, lr=args.lr, weight_decay=args.weight_decay)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
     warmup = args.warmup_steps if round_idx == 0 else 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
+    optimizers = side_optimizers(sides, param_groups, args, steps_per_epoch * args.local_epochs, warmup,
+                                 optimizer_state)
     sides.train()
     sides.link.stats.reset()
     loss_sum, seen, steps = 0.0, 0, 0
     for _ in range(args.local_epochs):
         for step in micro_batches(samples, args, generator):
-            optimizer.zero_grad(set_to_none=True)
+            for side in optimizers.values():
+                side.optimizer.zero_grad(set_to_none=True)
             n_step = sum(len(mb) for mb in step)
             for mb in step:
                 batch = {k: v.to(device) for k, v in objective.collate(mb).items()}
                 with autocast():
                     loss = objective.loss(sides, batch)
-                    if extra_loss is not None:
-                        loss = loss + extra_loss()
+                    if proximal is not None:
+                        loss = loss + proximal("client")
                 if not torch.isfinite(loss):
                     sides.eval()
                     return LocalResult(float("nan"), steps, sides.link.stats.bytes_up,
@@ -88,15 +140,15 @@ def train_client(sides: SplitSides, objective, param_groups: list[dict], samples
                 (loss * len(mb) / n_step).backward()
                 loss_sum += loss.item() * len(mb)
                 seen += len(mb)
-            if args.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            if proximal is not None and "server" in optimizers:
+                proximal("server").backward()  # the server's own term, on its own tensors
+            for side in optimizers.values():
+                side.step(args.max_grad_norm)
             steps += 1
             if progress is not None:
                 progress.update(1)
     sides.eval()
-    state = optimizer.state_dict() if args.keep_optimizer_state else {}
+    state = {name: side.optimizer.state_dict() for name, side in optimizers.items()} if args.keep_optimizer_state else {}
     return LocalResult(loss_sum / max(seen, 1), steps, sides.link.stats.bytes_up, sides.link.stats.bytes_down), state
 
 

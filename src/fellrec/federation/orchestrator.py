@@ -27,7 +27,7 @@ from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, Par
 from fellrec.errors import FellrecError
 from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
 from fellrec.federation.clients import build_client_data, client_users
-from fellrec.federation.local import LocalResult, round_seed, train_client, validation_loss
+from fellrec.federation.local import LocalResult, proximal_term, round_seed, train_client, validation_loss
 from fellrec.federation.protection import protect_update, update_norm
 from fellrec.files import write_atomically
 
@@ -199,14 +199,11 @@ class Federation:
         params = list(self.store.live.values())
         groups = self.objective.param_groups(self.store.live, self.cfg.train)
         start = {n: t.clone() for n, t in self.store.state(client).items()}
-        extra = None
-        if self.cfg.fed.strategy == "fedprox":
-            live = self.store.live
-            anchor = {n: t.to(live[n].device) for n, t in start.items()}  # the adapter the round started from
-            extra = lambda: self.strategy.local_loss_term(live, anchor)
+        proximal = (proximal_term(self.strategy, sides, self.store.live, start) if self.cfg.fed.strategy == "fedprox"
+                    else None)
         result, opt_state = train_client(
             sides, self.objective, groups, self.clients[client].train, self.cfg.train, round_idx, client,
-            self.fabric.device, self.autocast, extra,
+            self.fabric.device, self.autocast, proximal,
             self.optimizer_states.get(client), progress)
         val = None
         if not result.diverged and not all(torch.isfinite(p).all() for p in params):
