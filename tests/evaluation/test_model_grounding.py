@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from tests.evaluation.conftest import TITLES, randomize_adapters
+from tests.model.server_probe import ServerProbe, boundary_ints
 from fellrec.data.prompts import PromptStyle
+from fellrec.evaluation.generation import left_pad
 from fellrec.evaluation.grounding import ItemIndex, TitleTrie, embed_texts, generate_titles, index_key
 
 PROMPTS = [PromptStyle().prompt(h) for h in (["Heat (1995)"], ["Toy Story (1995)", "Casino (1995)", "Babe (1995)"],
@@ -24,6 +26,26 @@ def test_embed_texts_is_batch_invariant(tiny):
     with model.peft.disable_adapter():
         direct = model.causal_lm.model(input_ids=ids).last_hidden_state[0, -1]
     assert torch.allclose(batched[0], direct, atol=1e-5)
+
+
+def test_title_embedding_runs_through_the_split_and_the_server_sees_no_token(tiny):
+    """The item index and the grounding of generated titles embed on the client; the server gets h_k, the 2D mask
+    and position ids, never a token id, and its blocks do run (once per batch, the link counting the bytes)."""
+    model, tokenizer = tiny
+    texts = ["Toy Story (1995)", "Se7en", "a much longer title with many more words (1995)", ""]
+    rows = [r or [tokenizer.eos_token_id] for r in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    sides = model.sides()
+    sides.link.stats.reset()
+    with ServerProbe(sides.server) as probe:
+        embed_texts(model, tokenizer, texts, batch_size=2)
+    order = sorted(range(4), key=lambda i: (len(rows[i]), i))
+    batches = [left_pad([rows[i] for i in order[s:s + 2]], tokenizer.pad_token_id) for s in (0, 2)]
+    secrets = {f"ids{n}": ids for n, (ids, _) in enumerate(batches)}
+    allowed = [t for _, mask in batches for t in boundary_ints({"attention_mask": mask})]
+    leaks = probe.leaks(secrets=secrets, forbidden_sizes={"vocab": model.config.vocab_size}, allowed_ints=allowed)
+    assert not leaks, leaks
+    assert probe.calls["ServerModule.forward"] == 2
+    assert sides.link.stats.bytes_up > 0
 
 
 def test_embeddings_use_the_base_model(tiny):

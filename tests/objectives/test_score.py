@@ -120,6 +120,11 @@ def test_ranking_masks_the_prompt_or_the_whole_history():
     assert reports["prompt"]["popularity"]["ndcg@5"] == pytest.approx(1 / math.log2(3))
     assert reports["history"]["popularity"]["ndcg@5"] == pytest.approx(1.0)
     assert reports["history"]["protocol"] == "history" and reports["history"]["objective"] == "score"
+    # Ranking went through the split: one prompt of T tokens sent h_k (fp32), the int64 mask and positions up, and
+    # received T hidden states back.
+    tokens, hidden = len(objective.encoder.encode(data.test[0]).input_ids), objective.model.config.hidden_size
+    assert reports["history"]["speed"]["boundary_bytes_up"] == tokens * hidden * 4 + 2 * tokens * 8
+    assert reports["history"]["speed"]["boundary_bytes_down"] == tokens * hidden * 4
 
 
 def test_log_count_bias_starts_each_client_at_its_own_popularity():

@@ -1,7 +1,7 @@
 """BIGRec grounding (METHOD.md §6): generated text -> base-model embedding -> nearest real items.
 
 generate_titles  the client's model writes a title (re-exported from `generation`)
-embed_texts      base model (adapters off), last layer, last real token
+embed_texts      base model (adapters off), last layer, last real token; a SplitModel's through its split
 ItemIndex        every item title's embedding, built once per (model, item set) and cached on disk
 ground           rank items by L2 distance (optionally popularity-aware), history masked, top K
 choose_pop_gamma the popularity exponent that is best on validation users
@@ -44,9 +44,12 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, pr
     """N x hidden float32: the base model's last-layer state at each text's last token (plain text, no quotes).
 
     Rows are left-padded, so the last real token is column -1 of every row; position ids skip the padding, so a text
-    gets the same vector alone or in any batch. An empty text is embedded as the EOS token.
+    gets the same vector alone or in any batch. An empty text is embedded as the EOS token. A SplitModel embeds
+    through its split: the client holds the texts' tokens and reads the states, the server runs its blocks on h_k
+    (boundary noise included) and never sees a token.
     """
     lm = language_model(model)
+    sides = model.sides() if hasattr(model, "sides") else None
     rows = [r or [tokenizer.eos_token_id] for r in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))  # similar lengths together: less padding
     out = torch.empty((len(rows), lm.config.hidden_size), dtype=torch.float32)
@@ -57,9 +60,12 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, pr
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             ids, mask = left_pad([rows[i] for i in chunk], tokenizer.pad_token_id)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = stack(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=position_ids.to(device), use_cache=False).last_hidden_state
+            if sides is not None:
+                hidden = sides.client.hidden(ids.to(device), mask.to(device))
+            else:
+                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+                hidden = stack(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=position_ids.to(device), use_cache=False).last_hidden_state
             out[chunk] = hidden[:, -1, :].float().cpu()
             if progress is not None:
                 progress.update(len(chunk))
@@ -73,6 +79,9 @@ def model_identity(model) -> dict:
         return {"class": type(language_model(model)).__name__, "name_or_path": language_model(model).name_or_path}
     ident = {"name": None if args.path else args.name, "quantize": args.quantize, "dtype": args.compute_dtype,
              "quantized_range": list(getattr(model, "quantized_range", ())) if args.quantize == "nf4" else []}
+    noise = model.split_args.boundary_noise
+    if noise:  # the server's blocks see noised h_k: other embeddings
+        ident["boundary_noise"] = noise
     if args.path:  # a local directory: its weight files' sizes and times catch a re-exported model
         path = Path(args.path).expanduser().resolve()
         ident["path"] = str(path)

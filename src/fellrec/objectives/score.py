@@ -115,10 +115,15 @@ class ScoreObjective:
         row = self.index.row
         n_users = sum(len(s) for s in samples_per_client.values())
         start, previous, per_client, per_user, prior_clients = time.perf_counter(), self.store.active, {}, [], {}
+        boundary = [0, 0]  # bytes up (h_k to the server) and down (its output back) while ranking
         try:
             with tqdm(total=n_users, desc="ranking users", unit="user", disable=not progress) as bar:
                 for client, samples in samples_per_client.items():
-                    scores = self.score_samples(self.store.activate(client), samples, self.cfg.eval.batch_size)
+                    sides = self.store.activate(client)
+                    sides.link.stats.reset()
+                    scores = self.score_samples(sides, samples, self.cfg.eval.batch_size)
+                    boundary[0] += sides.link.stats.bytes_up
+                    boundary[1] += sides.link.stats.bytes_down
                     targets = _flags_of([set(s.targets) for s in samples], row)
                     flags = _flags_of(masked[client], row)
                     values = per_user_metrics(scores, targets, flags, ks)
@@ -142,10 +147,10 @@ class ScoreObjective:
         report["per_user"] = per_user
         report["speed"] = {"users": n_users, "seconds": seconds, "users_per_second": n_users / seconds,
                            "item_embedding_seconds": self.index.build_seconds,
-                           "item_index_cached": self.index.from_cache}
+                           "item_index_cached": self.index.from_cache,
+                           "boundary_bytes_up": boundary[0], "boundary_bytes_down": boundary[1]}
         report.update(protocol=mask, objective=self.name)
         return report
-
 
     def recommend(self, client: int, history_titles: list[str], top_k: int = 10) -> list[tuple[str, float]]:
         """`client`'s top `top_k` (title, score) for a typed history, best first (higher is better); items carrying a
