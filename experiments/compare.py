@@ -100,10 +100,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def planned_runs(args) -> list[Run]:
-    """The claims' runs first (every seed and partition), then one seed of the other methods, then the generative
-    pair: a comparison stopped early has the claims' numbers first."""
+    """The claims' runs first (every seed of one partition, then the next), then one seed of the other methods, then
+    the generative pair: a comparison stopped early has whole claims first."""
     llm = [m for m in args.methods if m in METHODS]
-    runs = [Run(m, p, s) for s in args.seeds for p in args.partitions for m in CLAIM_METHODS if m in llm]
+    runs = [Run(m, p, s) for p in args.partitions for s in args.seeds for m in CLAIM_METHODS if m in llm]
     runs += [Run(m, p, args.seeds[0]) for p in args.partitions for m in llm if m not in CLAIM_METHODS]
     if not args.no_generative:
         runs += [Run(m, args.partitions[0], args.seeds[0], "generate") for m in GENERATIVE if m in llm]
