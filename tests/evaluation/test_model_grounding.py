@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.evaluation.conftest import TITLES, randomize_adapters
 from tests.model.server_probe import ServerProbe, boundary_ints
 from fellrec.data.prompts import PromptStyle
-from fellrec.evaluation.generation import left_pad
+from fellrec.evaluation.generation import encode_prompts, left_pad
 from fellrec.evaluation.grounding import ItemIndex, TitleTrie, embed_texts, generate_titles, index_key
+from fellrec.model.blocks import position_ids_from_mask
 
 PROMPTS = [PromptStyle().prompt(h) for h in (["Heat (1995)"], ["Toy Story (1995)", "Casino (1995)", "Babe (1995)"],
                                              ["Se7en (1995)", "Apollo 13 (1995)"], [])]
@@ -116,3 +118,57 @@ def test_beam_search_with_the_shared_prompt_cache_matches_plain_generate(tiny):
     finally:
         randomize_adapters(model, seed=0, scale=0.0)
     assert ours == plain
+
+
+def _plain_titles(model, tokenizer, num_beams: int) -> list[str]:
+    """What the unsplit peft model writes (Hugging Face's own generate, no split, no shared prompt cache)."""
+    from fellrec.evaluation.generation import encode_prompts, parse_title
+
+    ids, mask = left_pad(encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    out = model.peft.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_new_tokens=6,
+                              do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return [parse_title(t) for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+
+
+@pytest.mark.parametrize("k,m", [(0, 0), (2, 1), (0, 2)])
+def test_generation_through_any_split_writes_what_the_unsplit_model_writes(k, m):
+    """Each side caches its own blocks; beam search reorders both. A server cache left unreordered changes these
+    titles (checked when this test was written), so equality is not a given."""
+    from fellrec.config import ModelArgs, SplitArgs
+    from fellrec.model.loading import load_tokenizer
+    from fellrec.model.split import SplitModel
+
+    args = ModelArgs(name="tiny-llama", quantize="none")
+    model, tokenizer = SplitModel(args, SplitArgs(head_layers=k, tail_layers=m), device="cpu"), load_tokenizer(args)
+    randomize_adapters(model, seed=5, scale=0.1)
+    split = generate_titles(model, tokenizer, PROMPTS, num_beams=3, max_new_tokens=6, batch_size=4)
+    assert split == _plain_titles(model, tokenizer, num_beams=3)
+    assert "forward" not in vars(model.causal_lm.model) and model.sides().server.cache is None  # routing undone
+
+
+def test_generation_runs_through_the_split_and_the_server_sees_no_token(tiny):
+    """Prompt and beam tokens and logits stay on the client: the server gets h_k, 0/1 masks with the position ids
+    made from them, and the surviving beams' row indices for its cache; every new token's step runs on it."""
+    model, tokenizer = tiny
+    sides = model.sides()
+    sides.link.stats.reset()
+    beams = []
+    sides.link.recorder = lambda message: beams.append(message.tensor) if message.kind == "beams" else None
+    try:
+        with ServerProbe(sides.server) as probe:
+            generate_titles(model, tokenizer, PROMPTS, num_beams=3, max_new_tokens=6, batch_size=4)
+    finally:
+        sides.link.recorder = None
+    allowed, calls = [], probe.at("ServerModule.forward")
+    for h, mask, positions in (calls[i:i + 3] for i in range(0, len(calls), 3)):
+        assert set(mask.tensor.unique().tolist()) <= {0, 1}
+        assert torch.equal(positions.tensor, position_ids_from_mask(mask.tensor)[:, -h.tensor.shape[1]:])
+        allowed += [mask.tensor, positions.tensor]
+    ids, _ = left_pad(encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    leaks = probe.leaks(secrets={"prompt ids": ids}, forbidden_sizes={"vocab": model.config.vocab_size},
+                        allowed_ints=allowed)
+    assert not leaks, leaks
+    # a prefill of the shared header, one of the prompts' rest, one step per new token (6, or fewer if all end)
+    assert 3 <= probe.calls["ServerModule.forward"] <= 8
+    assert beams and all(int(b.max()) < len(PROMPTS) * 3 for b in beams)
+    assert sides.link.stats.bytes_up > 0 and sides.server.cache is None

@@ -46,17 +46,21 @@ def masked_items(data: RecData, samples_per_client: dict[int, list[Sample]],
 
 def predict_embeddings(model, store, tokenizer, titles: dict[str, str], samples_per_client: dict[int, list[Sample]],
                        style: PromptStyle, num_beams: int = 4, max_new_tokens: int = 24, batch_size: int = 8,
-                       trie: Optional[TitleTrie] = None, progress=None) -> dict[int, tuple[list[str], torch.Tensor]]:
-    """Per client: the titles its own adapter writes for its users, and their base-model embeddings."""
+                       trie: Optional[TitleTrie] = None, progress=None
+                       ) -> dict[int, tuple[list[str], torch.Tensor, tuple[int, int]]]:
+    """Per client: the titles its own adapter writes for its users, their base-model embeddings, and the bytes that
+    crossed its split's boundary (up, down) while it generated and embedded them."""
     max_prompt = model.model_args.max_length - max_new_tokens if hasattr(model, "model_args") else None
     out, previous = {}, store.active
     try:
         for client, samples in samples_per_client.items():
-            store.activate(client)
+            link = store.activate(client).link
+            link.stats.reset()
             prompts = [style.prompt([titles[i] for i in s.history]) for s in samples]
             generated = generate_titles(model, tokenizer, prompts, num_beams, max_new_tokens, batch_size, progress,
-                                        trie, max_prompt)
-            out[client] = (generated, embed_texts(model, tokenizer, generated))
+                                        trie, max_prompt, client)
+            embeddings = embed_texts(model, tokenizer, generated, client=client)
+            out[client] = (generated, embeddings, (link.stats.bytes_up, link.stats.bytes_down))
     finally:
         if previous is not None:  # evaluation leaves the live adapter as it found it
             store.activate(previous)
@@ -100,7 +104,9 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
     report = client_report(per_client, users)
     report.update(popularity_report(data, samples_per_client, masked, ks))
     report["speed"] = {"users": n_users, "seconds": seconds, "users_per_second": n_users / seconds,
-                       "item_embedding_seconds": item_index.build_seconds, "item_index_cached": item_index.from_cache}
+                       "item_embedding_seconds": item_index.build_seconds, "item_index_cached": item_index.from_cache,
+                       "boundary_bytes_up": sum(p[2][0] for p in predicted.values()),
+                       "boundary_bytes_down": sum(p[2][1] for p in predicted.values())}
     report.update(protocol=mask, pop_gamma=pop_gamma, grounding=grounding, num_beams=num_beams,
                   skipped_clients=sorted(set(range(partition.num_clients)) - set(users)) if partition else [])
     if keep_predictions:

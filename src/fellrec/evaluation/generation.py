@@ -129,16 +129,14 @@ def prefix_layout(rows: Sequence[Sequence[int]], pad_id: int, shared: int) -> tu
     return torch.cat([head, ids], 1), torch.cat([torch.ones_like(head), mask], 1)
 
 
-def prompt_cache(lm, ids: torch.Tensor, mask: torch.Tensor, shared: int, copies: int):
-    """The KV cache of every prompt but its last token, copied for each beam: the shared header is run once for the
-    batch, the rest once per prompt.
+def prompt_cache(lm, ids: torch.Tensor, mask: torch.Tensor, shared: int, copies: int, cache):
+    """Fill `cache` with every prompt but its last token, copied for each beam: the shared header is run once for
+    the batch, the rest once per prompt.
 
     On its own, `generate` copies the prompts num_beams times before its prefill and runs each copy, header
     included; the prefill is most of the cost of a short title. Handed this cache, it runs only the last token.
     """
-    from transformers import DynamicCache
-
-    cache, stack = DynamicCache(config=lm.config), decoder(lm)
+    stack = decoder(lm)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     if shared:
         stack(input_ids=ids[:1, :shared], position_ids=position_ids[:1, :shared], cache=cache, use_cache=True)
@@ -151,8 +149,10 @@ def prompt_cache(lm, ids: torch.Tensor, mask: torch.Tensor, shared: int, copies:
 
 
 def _generate_batch(lm, tokenizer, rows: list[list[int]], device, num_beams: int, max_new_tokens: int,
-                    trie: Optional[TitleTrie]) -> list[str]:
-    from transformers import GenerationConfig
+                    trie: Optional[TitleTrie], sides=None) -> list[str]:
+    from transformers import DynamicCache, GenerationConfig
+
+    from fellrec.model.split_decoding import SplitCache
 
     shared = shared_prefix(rows)
     ids, mask = (t.to(device) for t in prefix_layout(rows, tokenizer.pad_token_id, shared))
@@ -161,8 +161,8 @@ def _generate_batch(lm, tokenizer, rows: list[list[int]], device, num_beams: int
                               max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     extra = {"prefix_allowed_tokens_fn": trie.prefix_fn(ids.shape[1])} if trie is not None else {}
-    if ids.shape[1] > 1:  # (a batch of one-token prompts has nothing to cache)
-        extra["cache"] = prompt_cache(lm, ids, mask, shared, num_beams)
+    cache = SplitCache(sides) if sides is not None else DynamicCache(config=lm.config)
+    extra["cache"] = prompt_cache(lm, ids, mask, shared, num_beams, cache)
     out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
     texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     if trie is not None:  # exactly `"Title"`: drop the two outer quotes, whatever quotes the title holds
@@ -173,11 +173,13 @@ def _generate_batch(lm, tokenizer, rows: list[list[int]], device, num_beams: int
 @torch.no_grad()
 def generate_titles(model, tokenizer, prompts: Sequence[str], num_beams: int = 4, max_new_tokens: int = 24,
                     batch_size: int = 8, progress=None, trie: Optional[TitleTrie] = None,
-                    max_prompt_tokens: Optional[int] = None) -> list[str]:
+                    max_prompt_tokens: Optional[int] = None, client: Optional[int] = None) -> list[str]:
     """The title the model writes after each prompt, in prompt order (greedy when num_beams == 1).
 
     Batches group prompts of similar length (less padding); each batch runs its prompts once (`prompt_cache`), not
     once per beam. The result is deterministic.
+    A SplitModel generates through `client`'s split (fellrec.model.split_decoding): the prompts' tokens, the beams'
+    tokens and the logits stay on the client, the server runs its blocks on h_k with its own KV cache.
     `trie` constrains the search to item titles (its depth raises `max_new_tokens` so every title can finish).
     `progress` is anything with `.update(n)` (a tqdm bar).
     """
@@ -189,11 +191,15 @@ def generate_titles(model, tokenizer, prompts: Sequence[str], num_beams: int = 4
         max_new_tokens = max(max_new_tokens, trie.depth)
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
     titles: list[Optional[str]] = [None] * len(rows)
-    with eval_mode(lm):
+    from fellrec.model.split_decoding import through_split
+
+    sides = model.sides(client) if hasattr(model, "sides") else None
+    routing = through_split(model.causal_lm, sides) if sides is not None else contextlib.nullcontext()
+    with eval_mode(lm), routing:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             texts = _generate_batch(lm, tokenizer, [rows[i] for i in chunk], model_device(model), num_beams,
-                                    max_new_tokens, trie)
+                                    max_new_tokens, trie, sides)
             for i, text in zip(chunk, texts):
                 titles[i] = text
             if progress is not None:

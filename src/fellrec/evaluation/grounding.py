@@ -40,16 +40,17 @@ def _base_model_context(lm):
 
 
 @torch.no_grad()
-def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, progress=None) -> torch.Tensor:
+def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, progress=None,
+                client: Optional[int] = None) -> torch.Tensor:
     """N x hidden float32: the base model's last-layer state at each text's last token (plain text, no quotes).
 
     Rows are left-padded, so the last real token is column -1 of every row; position ids skip the padding, so a text
     gets the same vector alone or in any batch. An empty text is embedded as the EOS token. A SplitModel embeds
-    through its split: the client holds the texts' tokens and reads the states, the server runs its blocks on h_k
-    (boundary noise included) and never sees a token.
+    through `client`'s split: the client holds the texts' tokens and reads the states, the server runs its blocks on
+    h_k (boundary noise included) and never sees a token.
     """
     lm = language_model(model)
-    sides = model.sides() if hasattr(model, "sides") else None
+    sides = model.sides(client) if hasattr(model, "sides") else None
     rows = [r or [tokenizer.eos_token_id] for r in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))  # similar lengths together: less padding
     out = torch.empty((len(rows), lm.config.hidden_size), dtype=torch.float32)

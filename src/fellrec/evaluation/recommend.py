@@ -46,11 +46,11 @@ def recommend(model, store, tokenizer, item_index: ItemIndex, client: int, histo
     store.activate(client)
     try:
         generated = generate_titles(model, tokenizer, [style.prompt(history)], num_beams, max_new_tokens, 1,
-                                    trie=trie)
+                                    trie=trie, client=client)
     finally:
         if previous is not None:
             store.activate(previous)
-    scores = rank_scores(embed_texts(model, tokenizer, generated), item_index, popularity, pop_gamma)[0]
+    scores = rank_scores(embed_texts(model, tokenizer, generated, client=client), item_index, popularity, pop_gamma)[0]
     seen = set(history)
     out: list[tuple[str, float]] = []
     for row in torch.argsort(scores, stable=True).tolist():

@@ -33,23 +33,38 @@ def _mask_builders():
 
 
 def build_masks(config, kinds: Sequence[str], h: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor) -> dict:
-    """The attention mask of each kind used by these blocks (None where sdpa can use is_causal instead)."""
+                position_ids: torch.Tensor, cache=None, layers: Sequence[int] = ()) -> dict:
+    """The attention mask of each kind used by these blocks (None where sdpa can use is_causal instead).
+
+    With a KV cache, `attention_mask` covers the cached tokens too; each mask is sized against the first of these
+    blocks' `layers` of its kind (a side's cache holds only its own blocks' entries)."""
     builders = _mask_builders()
-    return {kind: builders[kind](config=config, inputs_embeds=h, attention_mask=attention_mask, cache=None,
-                                 position_ids=position_ids)
+    first = {}
+    for kind, layer in zip(kinds, layers):
+        first.setdefault(kind, layer)
+    extra = lambda kind: {"layer_idx": first[kind]} if cache is not None else {}  # noqa: E731
+    return {kind: builders[kind](config=config, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
+                                 position_ids=position_ids, **extra(kind))
             for kind in sorted(set(kinds))}
 
 
+def layer_index(block: nn.Module) -> int:
+    """The block's index in the whole model (the slot its keys and values take in a KV cache)."""
+    return block.self_attn.layer_idx
+
+
 def run_blocks(blocks: nn.ModuleList, kinds: Sequence[str], rotary: nn.Module, config, h: torch.Tensor,
-               attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """h through `blocks` with the model's masks and rotary position embeddings."""
+               attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None) -> torch.Tensor:
+    """h through `blocks` with the model's masks and rotary position embeddings; with `cache` (a transformers
+    Cache), the blocks read and extend their keys and values there (incremental decoding)."""
     if len(blocks) == 0:
         return h
-    masks = build_masks(config, kinds, h, attention_mask, position_ids)
+    layers = [layer_index(b) for b in blocks] if cache is not None else ()
+    masks = build_masks(config, kinds, h, attention_mask, position_ids, cache, layers)
     position_embeddings = rotary(h, position_ids=position_ids)
     for block, kind in zip(blocks, kinds):
-        h = block(h, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=position_embeddings)
+        h = block(h, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=position_embeddings,
+                  cache=cache, use_cache=cache is not None)
     return h
 
 

@@ -42,30 +42,38 @@ class ClientModule(L.LightningModule):
         self.link, self.lr = link, lr  # the link is a plain object: the server's parameters stay out of this module
         self.boundary_noise = boundary_noise
 
-    def head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings and the first k blocks: h_k and the position ids (which skip left padding)."""
-        position_ids = position_ids_from_mask(attention_mask)
+    def head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+             cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and the first k blocks: h_k and the position ids (which skip left padding). With a KV `cache`
+        (generation), `attention_mask` also covers the cached tokens and `input_ids` holds only the new ones."""
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1]:]
         h = self.embed_tokens(input_ids)
         return run_blocks(self.head_blocks, self.head_kinds, self.rotary_emb, self.model_config, h, attention_mask,
-                          position_ids), position_ids
+                          position_ids, cache), position_ids
 
-    def tail_hidden(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def tail_hidden(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                    cache=None) -> torch.Tensor:
         """The last m blocks and the final norm: the states the LM head reads."""
         h = run_blocks(self.tail_blocks, self.tail_kinds, self.rotary_emb, self.model_config, h, attention_mask,
-                       position_ids)
+                       position_ids, cache)
         return self.norm(h)
 
     def tail(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """The last m blocks, the final norm and the LM head: logits."""
         return self.lm_head(self.tail_hidden(h, attention_mask, position_ids))
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Final-norm hidden states of the whole split model; the middle runs on the server through the link."""
+    def hidden(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+               position_ids: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
+        """Final-norm hidden states of the whole split model; the middle runs on the server through the link.
+
+        `cache` (generation) holds the client's blocks' keys and values; the server keeps its own (ServerModule.cache).
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        h, position_ids = self.head(input_ids, attention_mask)
+        h, position_ids = self.head(input_ids, attention_mask, position_ids, cache)
         h = self.link(add_boundary_noise(h, self.boundary_noise), attention_mask, position_ids)
-        return self.tail_hidden(h, attention_mask, position_ids)
+        return self.tail_hidden(h, attention_mask, position_ids, cache)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits of the whole split model at every position."""
@@ -110,6 +118,8 @@ class ServerModule(L.LightningModule):
     """The server's half: the frozen middle blocks and the current client's LoRA on them.
 
     It only ever sees hidden states, the 2D attention mask, position ids and gradients (see BoundaryLink).
+    `cache`, set only while a generation runs through the split (fellrec.model.split_decoding), is the server's own
+    KV cache of its blocks.
     """
 
     def __init__(self, blocks: list, rotary_emb: nn.Module, model_config, kinds: list, lr: float = 1e-4):
@@ -117,10 +127,11 @@ class ServerModule(L.LightningModule):
         self.blocks = nn.ModuleList(blocks)
         self.rotary_emb = copy.deepcopy(rotary_emb)  # its own copy: the server shares no module with the client
         self.model_config, self.kinds, self.lr = model_config, kinds, lr
+        self.cache = None
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return run_blocks(self.blocks, self.kinds, self.rotary_emb, self.model_config, h, attention_mask,
-                          position_ids)
+                          position_ids, self.cache)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(_trainable(self), lr=self.lr)
