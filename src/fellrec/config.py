@@ -250,6 +250,10 @@ class EvalArgs:
     """l2: nearest item titles to the generated text (BIGRec); constrained: beam search limited to real titles."""
     popularity_aware: bool = False
     """BIGRec's popularity-aware grounding, its exponent chosen on validation users only."""
+    collaborative_aware: bool = False
+    """BIGRec's grounding with a collaborative term: each client trains its own SASRec on its own training windows
+    and ranks by (1 + C)^(-gamma) x D (C its min-max normalised SASRec scores for the user, D the normalised L2
+    distance), gamma chosen on validation users only."""
     mask: Literal["prompt", "history"] = "prompt"
     """Items never recommended to a user: `prompt` masks the prompt's items (FELLRec's protocol); `history` masks
     every item of the user's training and validation history (the usual full-ranking protocol). Popularity is ranked

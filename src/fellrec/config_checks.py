@@ -145,13 +145,21 @@ def _noise_needs_clipping(get: Callable[[str], Any]) -> Optional[str]:
 
 
 def _popularity_grounding_needs_generation(get: Callable[[str], Any]) -> Optional[str]:
-    if get("eval.popularity_aware") and get("model.objective") == "score":  # the score head has its own item bias
-        return "eval.popularity_aware applies to model.objective generate only (got model.objective score)"
+    for key in ("eval.popularity_aware", "eval.collaborative_aware"):
+        if get(key) and get("model.objective") == "score":  # the score head ranks items itself
+            return f"{key} applies to model.objective generate only (got model.objective score)"
+    return None
+
+
+def _one_grounding_prior(get: Callable[[str], Any]) -> Optional[str]:
+    if get("eval.popularity_aware") and get("eval.collaborative_aware"):  # one (1 + prior)^(-gamma) term
+        return "eval.popularity_aware and eval.collaborative_aware cannot both be true: choose one"
     return None
 
 
 CROSS_RULES: list[Callable[[Callable[[str], Any]], Optional[str]]] = [
-    _ratios_sum_to_one, _micro_batch_within_batch, _noise_needs_clipping, _popularity_grounding_needs_generation]
+    _ratios_sum_to_one, _micro_batch_within_batch, _noise_needs_clipping, _popularity_grounding_needs_generation,
+    _one_grounding_prior]
 """Rules over several keys; each returns a message naming the keys, or None. They run after every single-key rule
 has passed, so each value is already in its own range."""
 

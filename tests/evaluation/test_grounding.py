@@ -85,3 +85,29 @@ def test_shared_prefix_layout():
     ids, mask = prefix_layout(rows, pad_id=0, shared=2)
     assert ids.tolist() == [[5, 6, 0, 7, 8], [5, 6, 0, 0, 9], [5, 6, 7, 1, 2]]
     assert mask.tolist() == [[1, 1, 0, 1, 1], [1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+
+
+def test_a_per_user_collaborative_prior_lifts_each_users_own_item():
+    """`eval.collaborative_aware`: each row of the prior is one user's SASRec scores. Two users at the same spot,
+    b masked: user 0's SASRec likes d, user 1's likes a; with a large gamma each gets its own item first."""
+    prior = torch.tensor([[0.0, 0, 0, 5, 0], [5.0, 0, 0, 0, 0]])
+    same_spot = NEAR_B.repeat(2, 1)
+    assert ground(same_spot, INDEX, [("b",), ("b",)], k=2, popularity=prior, pop_gamma=0.0) == [["a", "c"]] * 2
+    assert ground(same_spot, INDEX, [("b",), ("b",)], k=2, popularity=prior, pop_gamma=100.0) == [["d", "a"],
+                                                                                                   ["a", "c"]]
+    # chunked users keep their own prior rows
+    assert ground(same_spot, INDEX, [("b",), ("b",)], k=1, popularity=prior, pop_gamma=100.0, chunk_users=1) == [
+        ["d"], ["a"]]
+    # (1 + C)^(-gamma) * D by hand for user 0, gamma 1: C = (0, 0, 0, 1, 0), D = (d - 0.1) / 9
+    d = torch.tensor([0.9, 0.1, 1.1, 2.1, 9.1])
+    expected = (d - 0.1) / 9.0 * torch.tensor([1, 1, 1, 0.5, 1])
+    assert torch.allclose(rank_scores(same_spot, INDEX, prior, pop_gamma=1.0)[0], expected, atol=1e-6)
+
+
+def test_collaborative_gamma_is_chosen_on_the_validation_users_it_is_given():
+    prior = torch.tensor([[0.0, 0, 0, 5, 0], [5.0, 0, 0, 0, 0]])
+    follows_sasrec = [Sample("u1", ("b",), ("d",)), Sample("u2", ("b",), ("c",))]  # u2's truth is plain distance
+    gamma, scores = choose_pop_gamma(NEAR_B.repeat(2, 1), INDEX, follows_sasrec, prior, grid=(0.0, 100.0))
+    # gamma 0: d is third for u1 (a, c, d), c second for u2; gamma 100: d first for u1, c second for u2 (a, c)
+    assert scores[0.0] == pytest.approx((1 / 2 + 1 / math.log2(3)) / 2)
+    assert scores[100.0] == pytest.approx((1 + 1 / math.log2(3)) / 2) and gamma == 100.0

@@ -353,6 +353,20 @@ def test_test_command_writes_results_json(reference):
     assert (reference / "round_002" / "clients_ndcg10.png").stat().st_size > 5_000
 
 
+def test_collaborative_grounding_trains_each_clients_sasrec_and_picks_gamma_on_validation(reference):
+    from fellrec.evaluation.grounding import POP_GAMMAS
+
+    result = subprocess.run([sys.executable, "-m", "fellrec", "test", "--ckpt", str(reference / "round_001"),
+                             "--eval.users_per_client", "2", "--eval.num_beams", "2", "--eval.max_new_tokens", "6",
+                             "--eval.collaborative_aware", "true"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((reference / "round_001" / "results.json").read_text())
+    assert results["grounding_prior"] == "sasrec" and results["pop_gamma"] in POP_GAMMAS
+    assert "training each client's SASRec" in result.stderr and "tuning pop_gamma" in result.stderr
+    assert [c["users"] for c in results["clients"]] == [2, 2, 2]
+
+
 def test_recommend_returns_real_titles(reference):
     from fellrec.config import DataArgs
     from fellrec.data.pipeline import load_data

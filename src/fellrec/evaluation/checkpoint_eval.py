@@ -76,16 +76,32 @@ def evaluate_test_users(ev, objective, data, partition, out_dir: Path, progress:
     samples = {c: sample_subset(s, ev.users_per_client, ev.seed + c, "eval.users_per_client")
                for c, s in client_samples(partition, data.test).items()}
     options = {}
-    if ev.popularity_aware and objective.name == "generate":
+    if ev.collaborative_aware and objective.name == "generate":
+        options["collaborative"] = client_sasrecs(data, partition, objective.item_index_fn().items, ev.seed, progress)
+    if (ev.popularity_aware or ev.collaborative_aware) and objective.name == "generate":
         options["pop_gamma"], _ = tune_pop_gamma(
             objective.model, objective.store, objective.tokenizer, data, partition, objective.style,
             objective.item_index_fn(), num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
-            grounding=ev.grounding, batch_size=ev.batch_size, progress=progress)
+            grounding=ev.grounding, batch_size=ev.batch_size, progress=progress,
+            collaborative=options.get("collaborative"))
     results = objective.evaluate(samples, ev.mask, progress, **options)
     scored = {row["client"] for row in results["clients"]}
     results["skipped_clients"] = sorted(set(range(partition.num_clients)) - scored)
     plot_client_bars(results, "ndcg@10", out_dir / "clients_ndcg10.png")
     return results
+
+
+def client_sasrecs(data, partition, items, seed: int, progress: bool = True) -> dict:
+    """Every client's own SASRec, trained on its own training windows only (on the client: no data moves), its
+    columns in `items` order (the item index's). A client without training windows gets none and is ranked by
+    distance alone."""
+    from tqdm.auto import tqdm
+
+    from fellrec.baselines import train_sasrec
+
+    windows = dict(enumerate(partition.split_samples(data.train)))
+    bar = tqdm(windows.items(), desc="training each client's SASRec", unit="client", disable=not progress)
+    return {c: train_sasrec(s, items, seed=seed + c) for c, s in bar if s}
 
 
 def write_results(results: dict, out_dir: Path) -> None:

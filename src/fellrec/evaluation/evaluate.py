@@ -72,7 +72,7 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
                      ks: Sequence[int] = DEFAULT_KS, num_beams: int = 4, max_new_tokens: int = 24,
                      item_index: Optional[ItemIndex] = None, pop_gamma: float = 0.0, grounding: str = "l2",
                      batch_size: int = 16, progress: bool = True, keep_predictions: bool = False,
-                     mask: str = "prompt") -> dict:
+                     mask: str = "prompt", collaborative: Optional[dict] = None) -> dict:
     """Metrics of every client's own adapter on its users (default: its test users under `partition`).
 
     Returns {overall, clients, balance, popularity, popularity_clients, speed, ...}; metric dicts are keyed by
@@ -88,7 +88,7 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
         raise FellrecError("no client has a user to evaluate")
     if item_index is None:
         item_index = ItemIndex.build(model, tokenizer, data.titles)
-    popularity = item_index.popularity(data.train_pairs) if pop_gamma else None
+    popularity = item_index.popularity(data.train_pairs) if pop_gamma and not collaborative else None
     masked = masked_items(data, samples_per_client, mask)  # before the generation: a bad mask costs nothing
     n_users = sum(len(s) for s in samples_per_client.values())
     start = time.perf_counter()
@@ -97,7 +97,9 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
                                        max_new_tokens, batch_size, title_trie(tokenizer, item_index, grounding), bar)
     per_client, rankings = {}, {}
     for client, samples in samples_per_client.items():
-        rankings[client] = ground(predicted[client][1], item_index, masked[client], max(ks), popularity, pop_gamma)
+        prior = (collaborative_prior(collaborative, client, samples, len(item_index.items)) if collaborative
+                 else popularity)
+        rankings[client] = ground(predicted[client][1], item_index, masked[client], max(ks), prior, pop_gamma)
         per_client[client] = mean_metrics(rankings[client], [set(s.targets) for s in samples], ks)
     seconds = time.perf_counter() - start
     users = {c: len(s) for c, s in samples_per_client.items()}
@@ -108,6 +110,7 @@ def evaluate_clients(model, store, tokenizer, data: RecData, partition=None,
                        "boundary_bytes_up": sum(p[2][0] for p in predicted.values()),
                        "boundary_bytes_down": sum(p[2][1] for p in predicted.values())}
     report.update(protocol=mask, pop_gamma=pop_gamma, grounding=grounding, num_beams=num_beams,
+                  grounding_prior="sasrec" if collaborative else "popularity" if pop_gamma else None,
                   skipped_clients=sorted(set(range(partition.num_clients)) - set(users)) if partition else [])
     if keep_predictions:
         report["predictions"] = {c: {"generated": predicted[c][0], "ranked": rankings[c]} for c in rankings}
@@ -136,9 +139,11 @@ def popularity_report(data: RecData, samples_per_client: dict[int, list[Sample]]
 
 def tune_pop_gamma(model, store, tokenizer, data: RecData, partition, style: PromptStyle, item_index: ItemIndex,
                    grid: Sequence[float] = POP_GAMMAS, num_beams: int = 4, max_new_tokens: int = 24,
-                   grounding: str = "l2", batch_size: int = 16, progress: bool = True) -> tuple[float, dict]:
+                   grounding: str = "l2", batch_size: int = 16, progress: bool = True,
+                   collaborative: Optional[dict] = None) -> tuple[float, dict]:
     """BIGRec's popularity exponent, chosen by NDCG@10 on the validation users (each with its client's adapter):
-    (best gamma, {gamma: NDCG@10}). Pass the gamma to `evaluate_clients(pop_gamma=...)`."""
+    (best gamma, {gamma: NDCG@10}). Pass the gamma to `evaluate_clients(pop_gamma=...)`. With `collaborative`
+    (client -> its SASRec), the exponent of the collaborative term instead."""
     per_client = client_samples(partition, data.valid)
     if not per_client:
         raise FellrecError("choosing pop_gamma needs validation users; the data has none")
@@ -148,4 +153,14 @@ def tune_pop_gamma(model, store, tokenizer, data: RecData, partition, style: Pro
                                        max_new_tokens, batch_size, title_trie(tokenizer, item_index, grounding), bar)
     samples = [s for c in per_client for s in per_client[c]]
     embeddings = torch.cat([predicted[c][1] for c in per_client])
-    return choose_pop_gamma(embeddings, item_index, samples, item_index.popularity(data.train_pairs), grid)
+    prior = (torch.cat([collaborative_prior(collaborative, c, s, len(item_index.items)) for c, s in per_client.items()])
+             if collaborative else item_index.popularity(data.train_pairs))
+    return choose_pop_gamma(embeddings, item_index, samples, prior, grid)
+
+
+def collaborative_prior(collaborative: dict, client: int, samples: Sequence[Sample], n_items: int) -> torch.Tensor:
+    """Users x items: `client`'s own SASRec scores after each user's history (columns in the item index's order).
+    A client without a SASRec (no training windows) gets a constant prior: its users are ranked by distance."""
+    if client not in collaborative:
+        return torch.zeros(len(samples), n_items)
+    return collaborative[client].score([s.history for s in samples])

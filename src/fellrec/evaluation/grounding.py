@@ -172,10 +172,17 @@ def _minmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def rank_scores(generated: torch.Tensor, index: ItemIndex, popularity: Optional[torch.Tensor] = None,
                 pop_gamma: float = 0.0) -> torch.Tensor:
-    """U x items, lower is better: L2 distance, or BIGRec's (1 + p)^(-gamma) * d with d and p min-max normalised."""
+    """U x items, lower is better: L2 distance, or BIGRec's (1 + p)^(-gamma) * d with d and p min-max normalised.
+
+    `popularity` is one prior for every user (items,), or a collaborative prior per user (U x items: each user's
+    SASRec scores, `eval.collaborative_aware`)."""
     dist = torch.cdist(generated.float(), index.embeddings.float())
     if popularity is None or pop_gamma == 0:
         return dist
+    if popularity.dim() == 2:
+        from fellrec.baselines.sasrec import collaborative_rank_scores
+
+        return collaborative_rank_scores(dist, popularity, pop_gamma).float()
     pop = _minmax(popularity.float().unsqueeze(0))
     return torch.pow(1 + pop, -pop_gamma) * _minmax(dist)
 
@@ -183,12 +190,14 @@ def rank_scores(generated: torch.Tensor, index: ItemIndex, popularity: Optional[
 def ground(generated_embeddings: torch.Tensor, item_index: ItemIndex, histories: Sequence[Sequence[str]], k: int,
            popularity: Optional[torch.Tensor] = None, pop_gamma: float = 0.0,
            chunk_users: int = 256) -> list[list[str]]:
-    """Each user's top `k` item ids, nearest first, items of their history excluded; ties go to the lower row."""
+    """Each user's top `k` item ids, nearest first, items of their history excluded; ties go to the lower row.
+    `popularity` as in `rank_scores` (a U x items prior has one row per user of `histories`)."""
     if len(generated_embeddings) != len(histories):
         raise ValueError(f"{len(generated_embeddings)} embeddings for {len(histories)} histories")
-    ranked = []
+    ranked, per_user = [], popularity is not None and popularity.dim() == 2
     for start in range(0, len(histories), chunk_users):  # bounded memory: users x items scores per chunk
-        scores = rank_scores(generated_embeddings[start:start + chunk_users], item_index, popularity, pop_gamma)
+        prior = popularity[start:start + chunk_users] if per_user else popularity
+        scores = rank_scores(generated_embeddings[start:start + chunk_users], item_index, prior, pop_gamma)
         seen = [{item_index.row[i] for i in h if i in item_index.row} for h in histories[start:start + chunk_users]]
         for row, rows_seen in enumerate(seen):
             scores[row, list(rows_seen)] = float("inf")

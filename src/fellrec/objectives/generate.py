@@ -3,6 +3,8 @@ it to the nearest real items (METHOD.md §2 and §6)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from fellrec.data.collate import collate, encode
@@ -36,7 +38,7 @@ class GenerateObjective:
         return lr_groups(live, train.lr, lambda name: False, None)
 
     def evaluate(self, samples_per_client: dict[int, list[Sample]], mask: str, progress: bool = True,
-                 pop_gamma: float = 0.0) -> dict:
+                 pop_gamma: float = 0.0, collaborative: Optional[dict] = None) -> dict:
         from fellrec.evaluation.evaluate import evaluate_clients
 
         ev = self.cfg.eval
@@ -44,4 +46,4 @@ class GenerateObjective:
                                 samples_per_client=samples_per_client, style=self.style, num_beams=ev.num_beams,
                                 max_new_tokens=ev.max_new_tokens, item_index=self.item_index_fn(),
                                 pop_gamma=pop_gamma, grounding=ev.grounding, batch_size=ev.batch_size,
-                                progress=progress, mask=mask)
+                                progress=progress, mask=mask, collaborative=collaborative)
