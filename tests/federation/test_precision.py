@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fellrec.config import TrainArgs
-from fellrec.federation.orchestrator import precision_for
+from fellrec.federation.precision import precision_for
 
 AVX512 = {"fpu", "sse2", "avx2", "avx512f", "avx512bw"}
 

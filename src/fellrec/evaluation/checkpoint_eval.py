@@ -49,7 +49,7 @@ def _load(cfg, ckpt: Path):
 
 def autocast_for(train, device):
     """The autocast context `fellrec fit` trained under (train.precision), for evaluation outside Fabric."""
-    from fellrec.federation.orchestrator import precision_for
+    from fellrec.federation.precision import precision_for
 
     precision = precision_for(train, device.type)
     if precision == "32-true":

@@ -10,7 +10,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from fellrec.federation.checkpoint import latest_round_dir
-from fellrec.federation.orchestrator import Federation, RunConfig, precision_for
+from fellrec.federation.orchestrator import Federation, RunConfig
+from fellrec.federation.precision import precision_for
 
 
 class Bars:

@@ -6,11 +6,13 @@ order), validate every client (loss, and ranking metrics when asked), keep each 
 checkpoint. After the last round the best adapters are evaluated on the test users. Clients are spread over
 Fabric's processes; every rank holds the same adapters after each round, and each client trains with its own (round,
 client) seed, so the result does not depend on the number of processes.
+
+This module is the round loop; the per-round and final evaluation live in `validation`, what the run keeps on disk
+(best adapters, round checkpoints) in `records`, the log rows in `fellrec.reporting`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -25,11 +27,12 @@ from tqdm import tqdm
 from fellrec.config import (DataArgs, EvalArgs, FedArgs, LogArgs, ModelArgs, PartitionArgs, PrivacyArgs, SplitArgs,
                             TrainArgs)
 from fellrec.errors import FellrecError
-from fellrec.federation.checkpoint import latest_round_dir, load_state, restore_rng, save_round
+from fellrec.federation.checkpoint import restore_rng
 from fellrec.federation.clients import build_client_data, client_users
-from fellrec.federation.local import LocalResult, proximal_term, round_seed, train_client, validation_loss
+from fellrec.federation.local import LocalResult, proximal_term, round_seed, train_client
 from fellrec.federation.protection import protect_update, update_norm
-from fellrec.files import write_atomically
+from fellrec.federation.records import Tracker, load_checkpoint, save_best, save_checkpoint
+from fellrec.federation.validation import Validation, lazy_item_index
 
 
 @dataclass
@@ -50,49 +53,6 @@ class RunConfig:
     keep_checkpoints: int = 3
 
 
-@dataclass
-class Tracker:
-    """Best adapter per client (by its validation loss) and early stopping on the weighted mean."""
-
-    best_val: dict = field(default_factory=dict)
-    best_round: dict = field(default_factory=dict)
-    best_mean: float = math.inf
-    rounds_without_gain: int = 0
-
-    def update(self, round_idx: int, val: dict[int, float], weights: dict[int, int]) -> tuple[list[int], float]:
-        """Record a round's validation losses; returns the clients that improved and the weighted mean."""
-        improved = [c for c, v in val.items() if math.isfinite(v) and v < self.best_val.get(c, math.inf)]
-        for c in improved:
-            self.best_val[c], self.best_round[c] = val[c], round_idx
-        counted = [c for c, v in val.items() if math.isfinite(v) and weights.get(c, 0) > 0]
-        mean = (sum(val[c] * weights[c] for c in counted) / sum(weights[c] for c in counted)) if counted else math.nan
-        if math.isfinite(mean) and mean < self.best_mean:
-            self.best_mean, self.rounds_without_gain = mean, 0
-        else:
-            self.rounds_without_gain += 1
-        return improved, mean
-
-
-def precision_for(train: TrainArgs, accelerator: str, cpu_flags: Optional[set[str]] = None) -> str:
-    """`train.precision`, with auto resolved: bf16 autocast wherever the hardware computes bf16 natively."""
-    if train.precision != "auto":
-        return train.precision
-    if accelerator == "cuda":
-        return "bf16-mixed"
-    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
-    return "bf16-mixed" if flags & {"avx512_bf16", "amx_bf16"} else "32-true"
-
-
-def _cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere: fp32 is the safe choice)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
 class Federation:
     """Holds one base model, every client's adapters and data, and runs the rounds."""
 
@@ -111,7 +71,7 @@ class Federation:
         self.tokenizer = load_tokenizer(cfg.model)
         torch.manual_seed(cfg.train.seed)  # the same LoRA initialisation on every rank and in every run
         self.model = SplitModel(cfg.model, cfg.split, device=fabric.device, lr=cfg.train.lr)
-        self._item_index = None
+        self.item_index = lazy_item_index(self.model, self.tokenizer, self.data.titles, self.is_main)
         # Before the store: the score objective adds its head's tensors to what the store holds per client.
         self.objective = build_objective(cfg, self.model, self.tokenizer, self.data, self.item_index, self.autocast)
         self.store = self.objective.store = AdapterStore(self.model)
@@ -129,8 +89,8 @@ class Federation:
                 self.warn(f"client {c} has no training data: it is skipped in every round")
         if not self.trainable:
             raise FellrecError("no client has training data")
-        self.ranking_signal = cfg.fed.strategy == "fellrec" and cfg.fed.signal in ("recall", "ndcg")
-        self.round_eval = self.round_evaluator() if self.ranking_signal or cfg.eval.per_round else None
+        self.validation = Validation(cfg, self.objective, self.store, self.clients, self.data, self.partition,
+                                     fabric.device, self.autocast)
         self.tracker = Tracker()
         self.optimizer_states: dict[int, dict] = {}
         self.start_round = 0
@@ -171,28 +131,6 @@ class Federation:
     def autocast(self):
         return self.fabric.autocast()
 
-    def item_index(self):
-        """The base model's item-title embeddings, built once (and cached on disk across runs)."""
-        if self._item_index is None:
-            from fellrec.evaluation.grounding import ItemIndex
-            from fellrec.model.loading import cache_root
-
-            with tqdm(total=len(self.data.titles), desc="embedding item titles", unit="item", leave=False,
-                      disable=not self.is_main) as bar:
-                self._item_index = ItemIndex.build(self.model, self.tokenizer, self.data.titles,
-                                                   cache_dir=cache_root() / "item-index", progress=bar)
-        return self._item_index
-
-    def round_evaluator(self):
-        from fellrec.evaluation.round_eval import RoundEvaluator
-
-        evaluator = RoundEvaluator(self.objective, self.data, self.partition, self.cfg.eval)
-        blind = [c for c in self.trainable if not evaluator.has_users(c)]
-        if self.ranking_signal and blind:
-            raise FellrecError(f"fed.signal={self.cfg.fed.signal} ranks each client's validation users, but clients "
-                               f"{blind} have none: use train_loss or val_loss")
-        return evaluator
-
     # ----- one round ----------------------------------------------------------------------------------------------
     def train_one(self, client: int, round_idx: int, progress) -> tuple[LocalResult, dict, Optional[float]]:
         sides = self.store.activate(client)
@@ -215,24 +153,11 @@ class Federation:
             uploaded = protect_update(start, self.store.state(client), privacy.clip_norm, privacy.noise_multiplier,
                                       seed)
             self.store.set_state(client, uploaded)
-            val = self.client_signal(client)
+            val = self.validation.signal(client)
         state = {n: t.cpu() for n, t in self.store.state(client).items()} if not result.diverged else {}
         if result.diverged:
             self.store.set_state(client, start)  # discard: the client keeps its adapter from before the round
         return result, {"state": state, "optimizer": _cpu(opt_state)}, val
-
-    def client_signal(self, client: int) -> Optional[float]:
-        """The freshly trained adapter's validation signal when the balance strategy asks for one."""
-        if self.cfg.fed.signal == "val_loss":
-            return self.validate_client(client)
-        if self.ranking_signal:
-            return self.round_eval.metrics(client)[f"{self.cfg.fed.signal}@10"]
-        return None
-
-    def validate_client(self, client: int) -> float:
-        sides = self.store.activate(client)
-        return validation_loss(sides, self.objective, self.clients[client].valid, self.cfg.train.micro_batch_size,
-                               self.fabric.device, self.autocast)
 
     def run_round(self, round_idx: int, bars) -> bool:
         """One communication round; returns True when early stopping says stop."""
@@ -262,15 +187,15 @@ class Federation:
         weights = None
         if ok:
             weights = self.aggregate(round_idx, ok, results, start)
-        val = self.gather({c: self.validate_client(c) for c in self.mine(self.ids)})
+        val = self.gather({c: self.validation.loss(c) for c in self.mine(self.ids)})
         ranking = {}
-        if self.round_eval is not None:  # eval.per_round, or a ranking signal
-            ranking = self.gather({c: self.round_eval.metrics(c) for c in self.mine(self.ids)})
+        if self.validation.round_eval is not None:  # eval.per_round, or a ranking signal
+            ranking = self.gather({c: self.validation.ranking(c) for c in self.mine(self.ids)})
         improved, mean = self.tracker.update(round_idx, val, {c: len(self.clients[c].valid) for c in self.ids})
         stop = (round_idx + 1 >= self.cfg.fed.min_rounds
                 and self.tracker.rounds_without_gain >= self.cfg.fed.patience)
         if self.is_main:
-            self.save_best(improved)
+            save_best(self.run_dir, self.store, improved, self.tracker)
             self.log(round_idx, sampled, results, val, ranking, weights, ok, mean, time.perf_counter() - started,
                      stop)
             self.checkpoint(round_idx)
@@ -280,7 +205,7 @@ class Federation:
     def aggregate(self, round_idx: int, participants: list[int], results: dict,
                   start_states: dict) -> Optional[list[list[float]]]:
         signals = {c: results[c][0].train_loss for c in participants}
-        if self.cfg.fed.signal == "val_loss" or self.ranking_signal:
+        if self.cfg.fed.signal == "val_loss" or self.validation.ranking_signal:
             signals = {c: results[c][2] for c in participants}
         states = {c: self.store.state(c) for c in self.ids}
         num_samples = {c: len(self.clients[c].train) for c in participants}
@@ -292,14 +217,6 @@ class Federation:
         return matrix.tolist() if matrix is not None else None
 
     # ----- outputs --------------------------------------------------------------------------------------------------
-    def save_best(self, improved: list[int]) -> None:
-        for c in improved:
-            write_atomically(self.run_dir / "best" / f"client_{c}", lambda tmp: self.store.save(c, tmp),
-                             replace=True)
-        (self.run_dir / "best" / "best.json").parent.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "best" / "best.json").write_text(json.dumps(
-            {"best_round": self.tracker.best_round, "best_val_loss": self.tracker.best_val}, indent=2))
-
     def log(self, round_idx, sampled, results, val, ranking, weights, ok, mean, seconds, stop) -> None:
         from fellrec.reporting.round_rows import client_rows, console_line, round_summary
 
@@ -314,38 +231,15 @@ class Federation:
         tqdm.write(console_line(round_idx, mean, rows), file=sys.stderr)
 
     def evaluate_best(self) -> dict:
-        """Every client's best adapter (by validation loss) on its test users: results.json and results.csv in the
-        run directory, the per-client bar chart beside them."""
-        from fellrec.evaluation.checkpoint_eval import evaluate_test_users, write_results
-
-        for c in self.ids:
-            if (self.run_dir / "best" / f"client_{c}").is_dir():
-                self.store.load(c, self.run_dir / "best" / f"client_{c}")
-        results = evaluate_test_users(self.cfg.eval, self.objective, self.data, self.partition, self.run_dir)
-        results["checkpoint"] = str(self.run_dir / "best")
-        results["best_round"] = self.tracker.best_round
-        write_results(results, self.run_dir)
-        return results
+        return self.validation.evaluate_best(self.run_dir, self.tracker.best_round)
 
     def checkpoint(self, round_idx: int) -> None:
         state = {"strategy": self.strategy.state_dict(), "tracker": asdict(self.tracker),
-                 "optimizer_states": self.optimizer_states, "clients": self.ids}
-
-        def save_adapters(directory: Path) -> None:
-            for c in self.ids:
-                self.store.save(c, directory / f"client_{c}")
-
-        save_round(self.run_dir, round_idx, save_adapters, state, self.cfg.keep_checkpoints)
+                 "optimizer_states": self.optimizer_states}
+        save_checkpoint(self.run_dir, round_idx, self.store, self.ids, state, self.cfg.keep_checkpoints)
 
     def resume(self) -> None:
-        latest = latest_round_dir(self.run_dir)
-        if latest is None:
-            raise FellrecError("nothing to resume: no complete round checkpoint", self.run_dir)
-        state = load_state(latest)
-        if state["clients"] != self.ids:
-            raise FellrecError(f"checkpoint clients {state['clients']} differ from this run's {self.ids}", latest)
-        for c in self.ids:
-            self.store.load(c, latest / "adapters" / f"client_{c}")
+        state = load_checkpoint(self.run_dir, self.store, self.ids)
         self.strategy.load_state_dict(state["strategy"])
         self.tracker = Tracker(**state["tracker"])
         self.optimizer_states = state["optimizer_states"]
