@@ -183,6 +183,8 @@ def generate_titles(model, tokenizer, prompts: Sequence[str], num_beams: int = 4
     `trie` constrains the search to item titles (its depth raises `max_new_tokens` so every title can finish).
     `progress` is anything with `.update(n)` (a tqdm bar).
     """
+    from fellrec.model.split_decoding import through_split
+
     if not prompts:
         return []
     lm = language_model(model)
@@ -191,8 +193,6 @@ def generate_titles(model, tokenizer, prompts: Sequence[str], num_beams: int = 4
         max_new_tokens = max(max_new_tokens, trie.depth)
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
     titles: list[Optional[str]] = [None] * len(rows)
-    from fellrec.model.split_decoding import through_split
-
     sides = model.sides(client) if hasattr(model, "sides") else None
     routing = through_split(model.causal_lm, sides) if sides is not None else contextlib.nullcontext()
     with eval_mode(lm), routing:

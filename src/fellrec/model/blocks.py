@@ -38,13 +38,12 @@ def build_masks(config, kinds: Sequence[str], h: torch.Tensor, attention_mask: t
 
     With a KV cache, `attention_mask` covers the cached tokens too; each mask is sized against the first of these
     blocks' `layers` of its kind (a side's cache holds only its own blocks' entries)."""
-    builders = _mask_builders()
-    first = {}
-    for kind, layer in zip(kinds, layers):
-        first.setdefault(kind, layer)
-    extra = lambda kind: {"layer_idx": first[kind]} if cache is not None else {}  # noqa: E731
+    builders, sized_against = _mask_builders(), {}
+    if cache is not None:
+        for kind, layer in zip(kinds, layers):
+            sized_against.setdefault(kind, {"layer_idx": layer})
     return {kind: builders[kind](config=config, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
-                                 position_ids=position_ids, **extra(kind))
+                                 position_ids=position_ids, **sized_against.get(kind, {}))
             for kind in sorted(set(kinds))}
 
 

@@ -1,7 +1,7 @@
 """Generation through the split: Hugging Face's `generate` drives the search, every forward pass runs client head ->
 link -> server -> client tail, and each side keeps the KV cache of its own blocks.
 
-`through_split(model, sides)` routes the decoder's forward through `sides` while it is open; the LM head `generate`
+`through_split(causal_lm, sides)` routes the decoder's forward through `sides` while it is open; the LM head `generate`
 calls is the client's own. `SplitCache` is the cache `generate` is handed: it holds the client's blocks' keys and
 values and opens a second cache on the server for the server's blocks. Beam search reorders both: the server gets
 the surviving beams' row indices through the link (counted like every other message), never a token.
