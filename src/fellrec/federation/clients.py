@@ -39,8 +39,10 @@ def build_client_data(data: RecData, partition: Partition, objective, train_args
 
 
 def client_users(data: RecData, partition: Partition, centralized: bool = False) -> dict[int, set[str]]:
-    """Whose training interactions each client holds (centralized: client 0 holds everyone's)."""
+    """Whose training interactions each client's model is built on. Centralized: everyone's, for every client, since
+    the one model (client 0 trains it, every client receives it) ranks every client's users with the global counts
+    as its prior; giving clients 1.. no counts ranked their users without a prior (NDCG@10 0.016 against 0.045)."""
     if centralized:
         everyone = {u for u, _ in data.train_pairs}
-        return {c: everyone if c == 0 else set() for c in range(partition.num_clients)}
+        return {c: everyone for c in range(partition.num_clients)}
     return {c: set(partition.users_of(c)) for c in range(partition.num_clients)}
