@@ -44,7 +44,8 @@ def write_markdown(report: dict) -> str:
     s = report["stamp"]
     lines = ["# The comparison on ML-100K", "", f"- command: `{s['command']}`", f"- commit: {s['commit']}",
              f"- machine: {s['machine']}", f"- date: {s['date']}",
-             f"- runs done: {len(report['runs'])} (of {report['planned_runs']} planned LLM runs, plus SASRec); "
+             f"- LLM runs done: {sum(r['objective'] != 'sasrec' for r in report['runs'])} of {report['planned_runs']} "
+             f"planned, plus {sum(r['objective'] == 'sasrec' for r in report['runs'])} SASRec rows; "
              f"wall time of the runs: {report['wall_seconds'] / 60:.0f} min", ""]
     protocol = next((r["protocol"] for r in report["runs"] if r.get("protocol")), "?")
     for partition in dict.fromkeys(r["partition"] for r in report["runs"]):
