@@ -32,7 +32,7 @@ from fellrec.evaluation.checkpoint_eval import autocast_for
 from fellrec.evaluation.evaluate import predict_embeddings
 from fellrec.evaluation.grounding import ItemIndex, title_trie
 from fellrec.federation.local import train_client
-from fellrec.federation.orchestrator import precision_for
+from fellrec.federation.precision import precision_for
 from fellrec.model.adapters import AdapterStore
 from fellrec.model.blocks import causal_lm_loss
 from fellrec.model.loading import cache_root, load_tokenizer
