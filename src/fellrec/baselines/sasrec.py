@@ -193,11 +193,7 @@ def collaborative_rank_scores(distances: Tensor, sasrec_scores: Tensor, gamma: f
         raise FellrecError("collaborative_rank_scores needs finite inputs: mask the history after combining")
     if not (math.isfinite(gamma) and gamma >= 0):
         raise FellrecError(f"collaborative gamma must be a finite number >= 0, got {gamma!r}")
-    c = row_minmax(sasrec_scores.double())
-    return torch.pow(1 + c, -gamma) * row_minmax(distances.double())
+    from fellrec.evaluation.grounding import prior_adjusted
 
+    return prior_adjusted(distances.double(), sasrec_scores.double(), gamma)
 
-def row_minmax(x: Tensor) -> Tensor:
-    """Each row mapped onto [0, 1] (a constant row becomes 0)."""
-    lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
-    return (x - lo) / (hi - lo).clamp(min=1e-12)

@@ -76,9 +76,10 @@ def evaluate_test_users(ev, objective, data, partition, out_dir: Path, progress:
     samples = {c: sample_subset(s, ev.users_per_client, ev.seed + c, "eval.users_per_client")
                for c, s in client_samples(partition, data.test).items()}
     options = {}
-    if ev.collaborative_aware and objective.name == "generate":
-        options["collaborative"] = client_sasrecs(data, partition, objective.item_index_fn().items, ev.seed, progress)
-    if (ev.popularity_aware or ev.collaborative_aware) and objective.name == "generate":
+    if objective.name == "generate" and (ev.popularity_aware or ev.collaborative_aware):
+        if ev.collaborative_aware:
+            options["collaborative"] = client_sasrecs(data, partition, objective.item_index_fn().items, ev.seed,
+                                                      progress)
         options["pop_gamma"], _ = tune_pop_gamma(
             objective.model, objective.store, objective.tokenizer, data, partition, objective.style,
             objective.item_index_fn(), num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,

@@ -179,12 +179,13 @@ def rank_scores(generated: torch.Tensor, index: ItemIndex, popularity: Optional[
     dist = torch.cdist(generated.float(), index.embeddings.float())
     if popularity is None or pop_gamma == 0:
         return dist
-    if popularity.dim() == 2:
-        from fellrec.baselines.sasrec import collaborative_rank_scores
+    prior = popularity.float() if popularity.dim() == 2 else popularity.float().unsqueeze(0)
+    return prior_adjusted(dist, prior, pop_gamma)
 
-        return collaborative_rank_scores(dist, popularity, pop_gamma).float()
-    pop = _minmax(popularity.float().unsqueeze(0))
-    return torch.pow(1 + pop, -pop_gamma) * _minmax(dist)
+
+def prior_adjusted(distances: torch.Tensor, prior: torch.Tensor, gamma: float) -> torch.Tensor:
+    """BIGRec's (1 + p)^(-gamma) * d, p and d min-max normalised per row (a one-row prior serves every user)."""
+    return torch.pow(1 + _minmax(prior), -gamma) * _minmax(distances)
 
 
 def ground(generated_embeddings: torch.Tensor, item_index: ItemIndex, histories: Sequence[Sequence[str]], k: int,

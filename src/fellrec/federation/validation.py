@@ -3,6 +3,7 @@ the balance strategy reads, the item index the objectives share, and the final t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -15,18 +16,14 @@ from fellrec.federation.local import validation_loss
 def lazy_item_index(model, tokenizer, titles: dict[str, str], show_progress: bool) -> Callable:
     """A function returning the base model's item-title embeddings, built on the first call (and cached on disk
     across runs): a run that never grounds or scores never pays for it."""
-    built = []
-
+    @functools.cache
     def item_index():
-        if not built:
-            from fellrec.evaluation.grounding import ItemIndex
-            from fellrec.model.loading import cache_root
+        from fellrec.evaluation.grounding import ItemIndex
+        from fellrec.model.loading import cache_root
 
-            with tqdm(total=len(titles), desc="embedding item titles", unit="item", leave=False,
-                      disable=not show_progress) as bar:
-                built.append(ItemIndex.build(model, tokenizer, titles, cache_dir=cache_root() / "item-index",
-                                             progress=bar))
-        return built[0]
+        with tqdm(total=len(titles), desc="embedding item titles", unit="item", leave=False,
+                  disable=not show_progress) as bar:
+            return ItemIndex.build(model, tokenizer, titles, cache_dir=cache_root() / "item-index", progress=bar)
 
     return item_index
 
