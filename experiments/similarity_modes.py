@@ -1,4 +1,5 @@
-"""Which `fed.similarity_on` FELLRec should default to (issue 11), measured on validation NDCG@10.
+"""Which `fed.similarity_on` and `fed.similarity_weighting` (with its tau) FELLRec should default to (issue 11),
+measured on validation NDCG@10 beside how far the aggregation weights move from uniform.
 
 A full LLM federation per mode and seed does not fit a 2-core CPU, so this runs the real strategies (FELLRec with
 each similarity mode, FedAvg, Local; heating as configured by default) on the real ML-100K windows, k-means clients
@@ -38,9 +39,14 @@ from fellrec.reporting.stamp import git_commit, machine
 
 A, B, TABLE, BIAS = "user.lora_A.weight", "user.lora_B.weight", "item_table.weight", "item_bias"
 RANK, LORA_SCALE, COS_SCALE, K = 8, 2.0, 20.0, 10
-METHODS = {"FELLRec params (release)": ("fellrec", "params"), "FELLRec update": ("fellrec", "update"),
-           "FELLRec drift": ("fellrec", "drift"), "FELLRec product": ("fellrec", "product"),
-           "FedAvg": ("fedavg", None), "Local": ("local", None)}
+METHODS = {  # name -> (strategy, its options)
+    "FELLRec params (release)": ("fellrec", {"similarity_on": "params"}),
+    "FELLRec update": ("fellrec", {"similarity_on": "update"}),
+    "FELLRec drift": ("fellrec", {"similarity_on": "drift"}),
+    "FELLRec product": ("fellrec", {"similarity_on": "product"}),
+    **{f"FELLRec update, softmax tau {tau}": ("fellrec", {"similarity_on": "update", "similarity_weighting": "softmax",
+                                                          "tau": tau}) for tau in (1.0, 0.5, 0.3, 0.2)},
+    "FedAvg": ("fedavg", {}), "Local": ("local", {})}
 
 
 def item_features(items: list[str], seed: int) -> tuple[Tensor, str]:
@@ -120,8 +126,8 @@ def validation_ndcg(state, client: int, task: Task) -> tuple[float, int]:
 
 
 def federate(method: str, task: Task, seed: int, rounds: int, lr: float, with_table: bool) -> dict:
-    name, mode = METHODS[method]
-    strategy = build_strategy(name, **({"similarity_on": mode} if mode else {}))
+    name, options = METHODS[method]
+    strategy = build_strategy(name, **options)
     init = initial_state(task, seed, with_table)
     strategy.set_initial(init)
     clients = range(len(task.train))
@@ -178,7 +184,7 @@ def main(argv=None) -> None:
 def markdown(report: dict) -> str:
     s = report["settings"]
     st = report["stamp"]
-    lines = [f"# fed.similarity_on on ML-100K (proxy federation, {len(s['seeds'])} seeds)", "",
+    lines = [f"# fed.similarity_on and fed.similarity_weighting on ML-100K (proxy federation, {len(s['seeds'])} seeds)", "",
              f"- command: `{st['command']}`", f"- commit: {st['commit']}", f"- machine: {st['machine']}",
              f"- date: {st['date']}",
              f"- {s['train_samples']} training windows, 5 k-means clients, {s['rounds']} rounds, Adam lr {s['lr']}, "
