@@ -1,5 +1,5 @@
-"""Which `fed.similarity_on` and `fed.similarity_weighting` (with its tau) FELLRec should default to (issue 11),
-measured on validation NDCG@10 beside how far the aggregation weights move from uniform.
+"""Which `fed.similarity_on`, `fed.similarity_centred` and `fed.similarity_weighting` (with its tau) FELLRec should
+default to (issue 11), measured on validation NDCG@10 beside how far the aggregation weights move from uniform.
 
 A full LLM federation per mode and seed does not fit a 2-core CPU, so this runs the real strategies (FELLRec with
 each similarity mode, FedAvg, Local; heating as configured by default) on the real ML-100K windows, k-means clients
@@ -46,6 +46,9 @@ METHODS = {  # name -> (strategy, its options)
     "FELLRec product": ("fellrec", {"similarity_on": "product"}),
     **{f"FELLRec update, softmax tau {tau}": ("fellrec", {"similarity_on": "update", "similarity_weighting": "softmax",
                                                           "tau": tau}) for tau in (1.0, 0.5, 0.3, 0.2)},
+    "FELLRec update, centred": ("fellrec", {"similarity_on": "update", "similarity_centred": True}),
+    "FELLRec update, centred, softmax tau 0.5": ("fellrec", {"similarity_on": "update", "similarity_centred": True,
+                                                             "similarity_weighting": "softmax", "tau": 0.5}),
     "FedAvg": ("fedavg", {}), "Local": ("local", {})}
 
 
@@ -184,7 +187,7 @@ def main(argv=None) -> None:
 def markdown(report: dict) -> str:
     s = report["settings"]
     st = report["stamp"]
-    lines = [f"# fed.similarity_on and fed.similarity_weighting on ML-100K (proxy federation, {len(s['seeds'])} seeds)", "",
+    lines = [f"# fed.similarity_on, similarity_centred and similarity_weighting on ML-100K (proxy federation, {len(s['seeds'])} seeds)", "",
              f"- command: `{st['command']}`", f"- commit: {st['commit']}", f"- machine: {st['machine']}",
              f"- date: {st['date']}",
              f"- {s['train_samples']} training windows, 5 k-means clients, {s['rounds']} rounds, Adam lr {s['lr']}, "

@@ -138,6 +138,11 @@ def test_compare_quick_writes_runs_users_and_claims(tmp_path):
     assert again.returncode == 0  # finished runs (and SASRec's rows) are reused from compare_runs/, not redone
     assert not (tmp_path / "runs" / "quick" / "score-kmeans-s1-fellrec").exists()
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["runs"] == report["runs"]
+    sasrec_file = tmp_path / "out" / "compare_runs" / "sasrec-kmeans-s42.json"
+    saved = sasrec_file.read_text()
+    subset = [*command[:4], "FELLRec", *command[command.index("--partitions"):]]  # a sitting without SASRec
+    assert subprocess.run(subset, cwd=REPO, capture_output=True, text=True, timeout=300).returncode == 0
+    assert sasrec_file.read_text() == saved  # its saved rows are kept for the next full sitting
 
 
 def _user_rows(method: str, seed: int, values: dict[str, tuple[int, float]]) -> dict:

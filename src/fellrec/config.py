@@ -166,6 +166,9 @@ class FedArgs:
     """fellrec: what the cosine between clients compares: `update` (this round's uploaded change; measured best on
     validation NDCG@10, experiments/results/ml100k/similarity_modes.md), `params` (whole adapters, the release:
     near-uniform weights), `drift` (change since the common initial adapter), `product` (each LoRA module's B.A)."""
+    similarity_centred: bool = False
+    """fellrec: compare each client's vector minus the participants' mean (what it learned beyond what every client
+    learned; measured in experiments/results/ml100k/similarity_modes_1024.md); False as in the release."""
     heating: bool = True
     """fellrec: curriculum heating of the aggregation weights (False: gamma = 1, the ablation)."""
     dynamic: bool = True

@@ -108,6 +108,22 @@ def test_zero_change_has_cosine_zero():
     assert s.tolist() == [[1.0, 0.0], [0.0, 1.0]]  # client 0 did not move: no direction to compare
 
 
+def test_centred_cosine_hand_computed():
+    # v = (3, 0), (0, 3), (0, 0); mean (1, 1); centred (2, -1), (-1, 2), (-1, -1).
+    states = {0: {"t": torch.tensor([3.0, 0.0])}, 1: {"t": torch.tensor([0.0, 3.0])}, 2: {"t": torch.zeros(2)}}
+    plain = similarity_matrix("params", states, [0, 1, 2])
+    assert plain[0, 1].item() == 0.0 and plain[0, 2].item() == 0.0  # orthogonal, and a zero vector
+    centred = similarity_matrix("params", states, [0, 1, 2], centred=True)
+    assert cos(centred, 0, 1) == pytest.approx(-4 / 5, abs=1e-12)
+    assert cos(centred, 0, 2) == pytest.approx(-1 / math.sqrt(10), abs=1e-12)
+    assert cos(centred, 1, 2) == pytest.approx(-1 / math.sqrt(10), abs=1e-12)
+    # A direction every client shares leaves the centred cosines as they were: (3, 0) + c etc.
+    shifted = {i: {"t": st["t"] + torch.tensor([7.0, -4.0])} for i, st in states.items()}
+    assert similarity_matrix("params", shifted, [0, 1, 2])[0, 1].item() > 0.9
+    torch.testing.assert_close(similarity_matrix("params", shifted, [0, 1, 2], centred=True), centred,
+                               rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("case", ["update_without_start", "update_missing_client", "drift_without_initial",
                                   "product_table_without_initial", "start_shape", "unknown_mode"])
 def test_missing_references_raise(case):
@@ -139,16 +155,18 @@ def test_product_of_lora_pairs_alone_needs_no_initial_adapter():
 
 def test_strategy_exposes_the_similarity_and_keeps_the_option():
     states = {0: lora([[1, 0]], [[1], [0]]), 1: lora([[1, 0]], [[0], [1]])}
-    strategy = build_strategy("fellrec", similarity_on="product", heating=False)
+    strategy = build_strategy("fellrec", similarity_on="product", heating=False, similarity_centred=True)
     strategy.aggregate_round(states, {})
-    assert strategy.last_similarity.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    torch.testing.assert_close(strategy.last_similarity, torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64),
+                               rtol=0, atol=1e-12)  # two clients always centre to opposite vectors
     fresh = build_strategy("fellrec")
     assert fresh.similarity_on == "params"  # the bare class is the release; runs take fed.similarity_on
     fresh.load_state_dict(strategy.state_dict())
-    assert fresh.similarity_on == "product"
-    old = {k: v for k, v in strategy.state_dict().items() if k != "similarity_on"}  # a checkpoint from before
+    assert (fresh.similarity_on, fresh.similarity_centred) == ("product", True)
+    old = {k: v for k, v in strategy.state_dict().items()  # a checkpoint from before both options
+           if k not in ("similarity_on", "similarity_centred")}
     fresh.load_state_dict(old)
-    assert fresh.similarity_on == "params"
+    assert (fresh.similarity_on, fresh.similarity_centred) == ("params", False)
     off = FellRec(dynamic=False, similarity_on="update")
     off.aggregate_round(states, {0: 1, 1: 1})
     assert off.last_similarity is None  # FedAvg weights: nothing compared
@@ -248,9 +266,21 @@ def test_drift_and_product_fade_as_aggregation_mixes_the_groups_update_does_not(
     assert margin["update"][-1] > 5 * max(margin["drift"][-1], margin["product"][-1])
 
 
+def test_centring_removes_the_shared_direction_and_sharpens_the_groups():
+    # Both groups' updates share what every client learns from the common start (all cosines positive); centred,
+    # only what tells the groups apart is compared, and the group mates' margin grows from ~0.08 to ~0.3.
+    groups = [0, 0, 0, 1, 1]
+    plain = [min(group_margins(w, groups)) for w in federate(FellRec(similarity_on="update"), groups)]
+    centred = [min(group_margins(w, groups))
+               for w in federate(FellRec(similarity_on="update", similarity_centred=True), groups)]
+    assert all(c > 2 * p > 0 for c, p in zip(centred, plain))
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_identical_clients_get_fedavg_weights_with_equal_counts(mode):
-    matrices = federate(FellRec(similarity_on=mode, heating=False), [0, 0, 0, 0])
+@pytest.mark.parametrize("centred", [False, True])
+def test_identical_clients_get_fedavg_weights_with_equal_counts(mode, centred):
+    # Centred, identical updates would be zero vectors: nothing tells the clients apart, so equal weights again.
+    matrices = federate(FellRec(similarity_on=mode, heating=False, similarity_centred=centred), [0, 0, 0, 0])
     fedavg = FedAvg().aggregation_weights({c: initial_adapter() for c in range(4)}, {c: 10 for c in range(4)},
                                           None, 0)
     for w in matrices:

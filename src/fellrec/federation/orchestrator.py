@@ -256,7 +256,8 @@ def strategy_options(fed: FedArgs) -> dict:
     if fed.strategy == "fellrec":
         return {"similarity_weighting": fed.similarity_weighting, "tau": fed.tau, "heating": fed.heating,
                 "dynamic": fed.dynamic, "alpha": fed.alpha, "beta": fed.beta, "temperature": fed.temperature,
-                "signal": fed.signal, "similarity_on": fed.similarity_on}
+                "signal": fed.signal, "similarity_on": fed.similarity_on,
+                "similarity_centred": fed.similarity_centred}
     return {}
 
 

@@ -3,7 +3,7 @@
     v_i   = what client i has learned, per ``similarity_on`` (see :mod:`.similarity`): its adapter as it is
             (``params``, the release), this round's change (``update``), the change since the common initial
             adapter (``drift``) or each LoRA module's effective change B.A (``product``)
-    s_ij  = cos(v_i, v_j)
+    s_ij  = cos(v_i, v_j), or with ``similarity_centred`` cos(v_i - v_mean, v_j - v_mean)
     A_ii  = 1,  A_ij = gamma_i * k(s_ij) for j != i,  rows normalised
     theta_i <- sum_j A_ij theta_j   (tensor by tensor)
 
@@ -70,6 +70,8 @@ class FellRec(Strategy):
             (needs :meth:`set_initial`) or ``product`` (per-module B.A; needs :meth:`set_initial` when the state
             holds non-LoRA tensors such as an item table). The bare class keeps the release's ``params``; runs take
             the default of ``fed.similarity_on``.
+        similarity_centred: compare each client's vector minus the participants' mean (what it learned beyond what
+            all learned); False as in the release.
         similarity_weighting: ``linear`` (release) or ``softmax`` (the paper's "attention").
         tau: temperature of the softmax weighting (> 0); unused by ``linear``.
         heating: False -> gamma = 1 for all clients ("without heating" ablation).
@@ -81,7 +83,7 @@ class FellRec(Strategy):
 
     def __init__(self, similarity_weighting: str = "linear", tau: float = 1.0, heating: bool = True,
                  dynamic: bool = True, alpha: float = 0.7, beta: float = 5.0, temperature: float = 0.05,
-                 signal: str = "train_loss", similarity_on: str = "params"):
+                 signal: str = "train_loss", similarity_on: str = "params", similarity_centred: bool = False):
         if similarity_on not in SIMILARITY_ON:
             raise FellrecError(f"unknown fed.similarity_on {similarity_on!r}; valid: {', '.join(SIMILARITY_ON)}")
         if similarity_weighting not in WEIGHTINGS:
@@ -89,6 +91,7 @@ class FellRec(Strategy):
         if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not 0 < tau < float("inf"):
             raise FellrecError(f"softmax temperature tau must be a finite number > 0, got {tau!r}")
         self.similarity_on = similarity_on
+        self.similarity_centred = bool(similarity_centred)
         self.similarity_weighting = similarity_weighting
         self.tau = float(tau)
         self.dynamic = bool(dynamic)
@@ -114,12 +117,14 @@ class FellRec(Strategy):
         else:
             gammas = {c: 1.0 for c in ids}
         self.last_gammas = gammas
-        similarity = similarity_matrix(self.similarity_on, states, ids, start_states, self.initial_state)
+        similarity = similarity_matrix(self.similarity_on, states, ids, start_states, self.initial_state,
+                                       self.similarity_centred)
         self.last_similarity = similarity
         return similarity_weights(similarity, [gammas[c] for c in ids], self.similarity_weighting, self.tau)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "similarity_on": self.similarity_on,
+                "similarity_centred": self.similarity_centred,
                 "similarity_weighting": self.similarity_weighting, "tau": self.tau,
                 "dynamic": self.dynamic, "balance": self.balance.state_dict()}
 
@@ -127,9 +132,9 @@ class FellRec(Strategy):
         super().load_state_dict(state)
         try:
             balance = state["balance"]
-            # Checkpoints written before similarity_on existed compared the raw parameters.
+            # Checkpoints written before similarity_on / similarity_centred existed compared the raw parameters.
             self.__init__(state["similarity_weighting"], state["tau"], balance["enabled"], state["dynamic"],
                           balance["alpha"], balance["beta"], balance["temperature"], balance["signal"],
-                          state.get("similarity_on", "params"))
+                          state.get("similarity_on", "params"), state.get("similarity_centred", False))
         except KeyError as missing:
             raise FellrecError(f"fellrec strategy state lacks {missing}") from None
