@@ -164,7 +164,7 @@ class FedArgs:
     """fellrec with softmax weighting: temperature."""
     similarity_on: Literal["params", "update", "drift", "product"] = "update"
     """fellrec: what the cosine between clients compares: `update` (this round's uploaded change; measured best on
-    validation NDCG@10, experiments/results/ml100k/similarity_modes.md), `params` (whole adapters, the release:
+    validation NDCG@10, experiments/results/ml100k/similarity_modes_1024.md), `params` (whole adapters, the release:
     near-uniform weights), `drift` (change since the common initial adapter), `product` (each LoRA module's B.A)."""
     similarity_centred: bool = False
     """fellrec: compare each client's vector minus the participants' mean (what it learned beyond what every client
