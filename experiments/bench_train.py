@@ -4,6 +4,8 @@ The same ML-100K training windows for both arms, interleaved repeats, medians:
   baseline  generate (BIGRec prompt), the LM head over every position, fp32, micro-batches in shuffled order,
             batch 8 of micro-batches of 4 (the default run of eb43212);
   default   conf/ml100k.yaml: its objective, prompt, precision (auto), length grouping and batch sizes.
+  int8      the default with `model.quantize: int8` server blocks (int8_samples_per_s, int8_score_eval_users_per_s),
+            when the default is not int8 already.
 Each arm runs `train_client`, the real local-training loop (forward, backward, clipping, AdamW). Ranking speed:
 users per second of the score objective (every item scored for every user; after one warm-up batch, median of the
 repeats) and of generation plus grounding.
@@ -80,10 +82,13 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg.model)
     precision = precision_for(cfg.train, "cpu")
     arms, stores = {}, {}
-    for name, arm_cfg, cls, autocast in (
-            ("baseline", base_cfg, EveryPositionGenerate, contextlib.nullcontext),
-            ("default", cfg, ScoreObjective if cfg.model.objective == "score" else GenerateObjective,
-             autocast_for(cfg.train, torch.device("cpu")))):
+    default_cls = ScoreObjective if cfg.model.objective == "score" else GenerateObjective
+    candidates = [("baseline", base_cfg, EveryPositionGenerate, contextlib.nullcontext),
+                  ("default", cfg, default_cls, autocast_for(cfg.train, torch.device("cpu")))]
+    if cfg.model.quantize != "int8":  # the same config with int8 server blocks, measured beside it
+        int8_cfg = SimpleNamespace(**{**vars(cfg), "model": dataclasses.replace(cfg.model, quantize="int8")})
+        candidates.append(("int8", int8_cfg, default_cls, autocast_for(cfg.train, torch.device("cpu"))))
+    for name, arm_cfg, cls, autocast in candidates:
         torch.manual_seed(0)  # each arm its own model: their model.quantize may differ
         model = SplitModel(arm_cfg.model, cfg.split, device="cpu", lr=cfg.train.lr)
         index = ItemIndex.build(model, tokenizer, data.titles, cache_dir=cache_root() / "item-index")
@@ -102,16 +107,20 @@ def main() -> None:
     out = {f"{name}_samples_per_s": args.samples / statistics.median(s) for name, s in seconds.items()}
     out["speedup"] = out["default_samples_per_s"] / out["baseline_samples_per_s"]
 
-    default = arms["default"]
-    if isinstance(default, ScoreObjective):
-        sides = stores["default"].activate(0)
-        default.score_samples(sides, data.test[:cfg.eval.batch_size], cfg.eval.batch_size)  # warm-up: kernel set-up
-        ranking = []
+    if isinstance(arms["default"], ScoreObjective):  # ranking: default and int8 interleaved, after a warm-up each
+        ranked = {name: arms[name] for name in ("default", "int8") if name in arms}
+        for name, objective in ranked.items():
+            objective.score_samples(stores[name].activate(0), data.test[:cfg.eval.batch_size], cfg.eval.batch_size)
+        ranking = {name: [] for name in ranked}
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            default.score_samples(sides, data.test, cfg.eval.batch_size)
-            ranking.append(time.perf_counter() - start)
-        out["score_eval_users_per_s"] = len(data.test) / statistics.median(ranking)
+            for name, objective in ranked.items():
+                sides = stores[name].activate(0)
+                start = time.perf_counter()
+                objective.score_samples(sides, data.test, cfg.eval.batch_size)
+                ranking[name].append(time.perf_counter() - start)
+        out["score_eval_users_per_s"] = len(data.test) / statistics.median(ranking["default"])
+        if "int8" in ranking:
+            out["int8_score_eval_users_per_s"] = len(data.test) / statistics.median(ranking["int8"])
     generate, ev = arms["baseline"], gen_cfg.eval
     few = {0: data.test[:args.generate_users]}
     start = time.perf_counter()

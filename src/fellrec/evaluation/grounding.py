@@ -79,7 +79,7 @@ def model_identity(model) -> dict:
     if args is None:
         return {"class": type(language_model(model)).__name__, "name_or_path": language_model(model).name_or_path}
     ident = {"name": None if args.path else args.name, "quantize": args.quantize, "dtype": args.compute_dtype,
-             "quantized_range": list(getattr(model, "quantized_range", ())) if args.quantize == "nf4" else []}
+             "quantized_range": list(getattr(model, "quantized_range", ())) if args.quantize != "none" else []}
     noise = model.split_args.boundary_noise
     if noise:  # the server's blocks see noised h_k: other embeddings
         ident["boundary_noise"] = noise

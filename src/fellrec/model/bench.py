@@ -26,6 +26,7 @@ import torch
 
 from fellrec.config import ModelArgs, SplitArgs
 from fellrec.errors import FellrecError
+from fellrec.model.int8 import dequantize_int8
 from fellrec.model.quantize import bytes_in_dtype, param_count, quantize_blocks, storage_bytes
 from fellrec.model.split import SplitModel, SplitSides
 
@@ -66,7 +67,8 @@ def _step(loss_fn: Callable[[], torch.Tensor], optimizers: Sequence[torch.optim.
 def _nf4_body_bytes(model: SplitModel, sides: SplitSides) -> int:
     if model.model_args.quantize == "nf4":
         return storage_bytes(sides.server)
-    blocks = copy.deepcopy(list(sides.server.blocks))  # measure what nf4 would store, leave the model dense
+    blocks = copy.deepcopy(list(sides.server.blocks))  # measure what nf4 would store, leave the model as it is
+    dequantize_int8(blocks)
     quantize_blocks(blocks, torch.float32, "cpu")
     return sum(storage_bytes(b) for b in blocks)
 

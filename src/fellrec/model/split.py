@@ -22,6 +22,7 @@ from fellrec.model.blocks import IGNORE_INDEX, causal_lm_loss, layer_types, posi
 from fellrec.model.link import BoundaryLink
 from fellrec.model.loading import load_base_model, torch_dtype
 from fellrec.model.lora import adapter_parameters, attach_lora
+from fellrec.model.int8 import int8_blocks
 from fellrec.model.quantize import disable_cpu_repack, quantize_blocks
 
 
@@ -197,6 +198,9 @@ class SplitModel:
             quantize_blocks(base.model.layers[lo:hi], torch_dtype(model_args.compute_dtype), self.device)
             base.is_loaded_in_4bit = True  # lets peft put its 4-bit LoRA layer on the Linear4bit modules
         self.peft = attach_lora(base, model_args)
+        if model_args.quantize == "int8":  # after peft: LoRA wraps the dense Linear, then its base turns int8
+            lo, hi = self.quantized_range
+            int8_blocks(self.causal_lm.model.layers[lo:hi])
         disable_cpu_repack(self.peft)
         self.peft.eval()
         self._sides: dict[tuple[int, int], SplitSides] = {}
