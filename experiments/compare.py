@@ -323,12 +323,15 @@ def main(argv=None) -> None:
     for folder in (runs_dir, rows_dir):
         folder.mkdir(parents=True, exist_ok=True)
     rows = [r for p in args.partitions for s in args.seeds for r in cached_sasrec_rows(args, p, s, rows_dir)]
-    plan, start = planned_runs(args), time.perf_counter()
+    plan, start, stopped = planned_runs(args), time.perf_counter(), False
     for run in tqdm(plan, desc="compare runs", unit="run"):
         done = (rows_dir / f"{run.name}.json").is_file()
         if not done and args.stop_after is not None and time.perf_counter() - start > 60 * args.stop_after:
-            tqdm.write(f"--stop-after {args.stop_after} min: stopping before {run.name}", file=sys.stderr)
-            break
+            if not stopped:  # no new runs from here on; the saved rows after this point still go in the report
+                tqdm.write(f"--stop-after {args.stop_after} min: no runs from {run.name} on", file=sys.stderr)
+            stopped = True
+        if not done and stopped:
+            continue
         tqdm.write(f"{run.method} ({run.objective}, {run.partition} partition, seed {run.seed})", file=sys.stderr)
         rows.append(saved_row(rows_dir / f"{run.name}.json", lambda: run_fit(args, run, runs_dir)))
         write_outputs(rows, args, argv, out, len(plan))

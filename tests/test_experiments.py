@@ -143,6 +143,13 @@ def test_compare_quick_writes_runs_users_and_claims(tmp_path):
     subset = [*command[:4], "FELLRec", *command[command.index("--partitions"):]]  # a sitting without SASRec
     assert subprocess.run(subset, cwd=REPO, capture_output=True, text=True, timeout=300).returncode == 0
     assert sasrec_file.read_text() == saved  # its saved rows are kept for the next full sitting
+    # A sitting that stops at once, with the first planned run's row gone: it runs nothing, and the saved rows
+    # planned after the stopping point still make the report.
+    (tmp_path / "out" / "compare_runs" / "score-kmeans-s42-fellrec.json").unlink()
+    stopped = subprocess.run([*command, "--stop-after", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 0 and "no runs from score-kmeans-s42-fellrec on" in stopped.stderr
+    kept = {(r["method"], r["seed"]) for r in json.loads((tmp_path / "out" / "compare.json").read_text())["runs"]}
+    assert kept == set(runs) - {("FELLRec", 42)}
 
 
 def _user_rows(method: str, seed: int, values: dict[str, tuple[int, float]]) -> dict:
