@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fellrec.model.quantize import replace_base_linears
+
 _REDUCE_RANGE = True  # 7-bit activations: without VNNI the kernel's int16 accumulation of u8 x s8 pairs saturates
 
 
@@ -86,25 +88,12 @@ class _Int8Matmul(torch.autograd.Function):
         return grad @ ctx.module.dequantized(grad.dtype), None
 
 
-def _is_adapter(name: str) -> bool:
-    return "lora_" in name
-
-
 def int8_blocks(blocks: Iterable[nn.Module]) -> int:
     """Replace every base nn.Linear inside `blocks` by an Int8Linear, in place; returns how many.
 
     Run it after peft has attached: the LoRA layers' own Linears stay dense and their base_layer becomes int8.
     """
-    count = 0
-    for block in blocks:
-        for parent_name, parent in list(block.named_modules()):
-            if _is_adapter(parent_name):
-                continue
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear and not _is_adapter(name):
-                    setattr(parent, name, Int8Linear(child))
-                    count += 1
-    return count
+    return replace_base_linears(blocks, Int8Linear)
 
 
 def dequantize_int8(blocks: Iterable[nn.Module]) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -72,12 +72,11 @@ def _is_adapter(name: str) -> bool:
     return "lora_" in name
 
 
-def quantize_blocks(blocks: Iterable[nn.Module], compute_dtype: torch.dtype, device: torch.device | str) -> int:
-    """Replace every base nn.Linear inside `blocks` by an nf4 Linear4bit, in place; returns how many.
+def replace_base_linears(blocks: Iterable[nn.Module], convert: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every base nn.Linear inside `blocks` by `convert(linear)`, in place; returns how many.
 
     LoRA's own Linear layers (if peft is already attached) stay dense: adapters train, the body does not.
     """
-    device = torch.device(device)
     count = 0
     for block in blocks:
         for parent_name, parent in list(block.named_modules()):
@@ -85,9 +84,15 @@ def quantize_blocks(blocks: Iterable[nn.Module], compute_dtype: torch.dtype, dev
                 continue
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear and not _is_adapter(name):  # exact type: never re-wrap
-                    setattr(parent, name, _to_nf4(child, compute_dtype, device))
+                    setattr(parent, name, convert(child))
                     count += 1
     return count
+
+
+def quantize_blocks(blocks: Iterable[nn.Module], compute_dtype: torch.dtype, device: torch.device | str) -> int:
+    """Replace every base nn.Linear inside `blocks` by an nf4 Linear4bit, in place; returns how many."""
+    device = torch.device(device)
+    return replace_base_linears(blocks, lambda linear: _to_nf4(linear, compute_dtype, device))
 
 
 def _quant_state_bytes(module: nn.Module) -> int:
