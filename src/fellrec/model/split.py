@@ -19,10 +19,10 @@ from torch import nn
 from fellrec.config import ModelArgs, SplitArgs
 from fellrec.errors import FellrecError
 from fellrec.model.blocks import IGNORE_INDEX, causal_lm_loss, layer_types, position_ids_from_mask, run_blocks
+from fellrec.model.int8 import int8_blocks
 from fellrec.model.link import BoundaryLink
 from fellrec.model.loading import load_base_model, torch_dtype
 from fellrec.model.lora import adapter_parameters, attach_lora
-from fellrec.model.int8 import int8_blocks
 from fellrec.model.quantize import disable_cpu_repack, quantize_blocks
 
 
