@@ -83,11 +83,12 @@ def main() -> None:
     precision = precision_for(cfg.train, "cpu")
     arms, stores = {}, {}
     default_cls = ScoreObjective if cfg.model.objective == "score" else GenerateObjective
+    cpu_autocast = autocast_for(cfg.train, torch.device("cpu"))
     candidates = [("baseline", base_cfg, EveryPositionGenerate, contextlib.nullcontext),
-                  ("default", cfg, default_cls, autocast_for(cfg.train, torch.device("cpu")))]
+                  ("default", cfg, default_cls, cpu_autocast)]
     if cfg.model.quantize != "int8":  # the same config with int8 server blocks, measured beside it
         int8_cfg = SimpleNamespace(**{**vars(cfg), "model": dataclasses.replace(cfg.model, quantize="int8")})
-        candidates.append(("int8", int8_cfg, default_cls, autocast_for(cfg.train, torch.device("cpu"))))
+        candidates.append(("int8", int8_cfg, default_cls, cpu_autocast))
     for name, arm_cfg, cls, autocast in candidates:
         torch.manual_seed(0)  # each arm its own model: their model.quantize may differ
         model = SplitModel(arm_cfg.model, cfg.split, device="cpu", lr=cfg.train.lr)

@@ -326,10 +326,9 @@ def main(argv=None) -> None:
     plan, start, stopped = planned_runs(args), time.perf_counter(), False
     for run in tqdm(plan, desc="compare runs", unit="run"):
         done = (rows_dir / f"{run.name}.json").is_file()
-        if not done and args.stop_after is not None and time.perf_counter() - start > 60 * args.stop_after:
-            if not stopped:  # no new runs from here on; the saved rows after this point still go in the report
-                tqdm.write(f"--stop-after {args.stop_after} min: no runs from {run.name} on", file=sys.stderr)
-            stopped = True
+        if not (done or stopped) and args.stop_after is not None and time.perf_counter() - start > 60 * args.stop_after:
+            tqdm.write(f"--stop-after {args.stop_after} min: no runs from {run.name} on", file=sys.stderr)
+            stopped = True  # no new runs from here on; the saved rows after this point still go in the report
         if not done and stopped:
             continue
         tqdm.write(f"{run.method} ({run.objective}, {run.partition} partition, seed {run.seed})", file=sys.stderr)

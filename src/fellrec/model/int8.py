@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fellrec.model.quantize import replace_base_linears
+from fellrec.model.quantize import replace_base_linears, replace_modules
 
 _REDUCE_RANGE = True  # 7-bit activations: without VNNI the kernel's int16 accumulation of u8 x s8 pairs saturates
 
@@ -45,6 +45,14 @@ class Int8Linear(nn.Module):
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
 
+    def to_linear(self) -> nn.Linear:
+        """A frozen nn.Linear of the dequantised weights (and the bias)."""
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
+        dense.weight.data = self.dequantized()
+        if self.bias is not None:
+            dense.bias.data = self.bias.data.clone()
+        return dense.requires_grad_(False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _Int8Matmul.apply(x, self)
@@ -65,7 +73,8 @@ class Int8Linear(nn.Module):
                 warnings.simplefilter("ignore")
                 q = torch.quantize_per_channel(self.dequantized().cpu(), scale,
                                                torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-                self._packed = torch.ops.quantized.linear_prepack(q, None if self.bias is None else self.bias.data.cpu())
+                bias = None if self.bias is None else self.bias.data.cpu()
+                self._packed = torch.ops.quantized.linear_prepack(q, bias)
         return self._packed
 
     def __getstate__(self):  # the packed copy is a kernel handle: rebuilt on demand, never copied or pickled
@@ -98,16 +107,4 @@ def int8_blocks(blocks: Iterable[nn.Module]) -> int:
 
 def dequantize_int8(blocks: Iterable[nn.Module]) -> int:
     """The inverse swap: every Int8Linear inside `blocks` back to an nn.Linear of its dequantised weights."""
-    count = 0
-    for block in blocks:
-        for parent in list(block.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, Int8Linear):
-                    dense = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                      device=child.weight.device)
-                    dense.weight.data = child.dequantized()
-                    if child.bias is not None:
-                        dense.bias.data = child.bias.data.clone()
-                    setattr(parent, name, dense.requires_grad_(False))
-                    count += 1
-    return count
+    return replace_modules(blocks, lambda m: isinstance(m, Int8Linear), Int8Linear.to_linear)

@@ -72,10 +72,11 @@ def _is_adapter(name: str) -> bool:
     return "lora_" in name
 
 
-def replace_base_linears(blocks: Iterable[nn.Module], convert: Callable[[nn.Linear], nn.Module]) -> int:
-    """Replace every base nn.Linear inside `blocks` by `convert(linear)`, in place; returns how many.
+def replace_modules(blocks: Iterable[nn.Module], match: Callable[[nn.Module], bool],
+                    convert: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace every module inside `blocks` that `match`es by `convert(module)`, in place; returns how many.
 
-    LoRA's own Linear layers (if peft is already attached) stay dense: adapters train, the body does not.
+    LoRA's own layers (if peft is already attached) are left alone: adapters train, the body does not.
     """
     count = 0
     for block in blocks:
@@ -83,10 +84,15 @@ def replace_base_linears(blocks: Iterable[nn.Module], convert: Callable[[nn.Line
             if _is_adapter(parent_name):
                 continue
             for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear and not _is_adapter(name):  # exact type: never re-wrap
+                if match(child) and not _is_adapter(name):
                     setattr(parent, name, convert(child))
                     count += 1
     return count
+
+
+def replace_base_linears(blocks: Iterable[nn.Module], convert: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every base nn.Linear inside `blocks` by `convert(linear)`, in place; returns how many."""
+    return replace_modules(blocks, lambda m: type(m) is nn.Linear, convert)  # exact type: never re-wrap
 
 
 def quantize_blocks(blocks: Iterable[nn.Module], compute_dtype: torch.dtype, device: torch.device | str) -> int:
