@@ -1,11 +1,12 @@
 """Training and ranking speed: the configuration of eb43212 against conf/ml100k.yaml as it now stands, side by side.
 
 The same ML-100K training windows for both arms, interleaved repeats, medians:
-  baseline  generate (BIGRec prompt), the LM head over every position, fp32, micro-batches in shuffled order,
-            batch 8 of micro-batches of 4 (the default run of eb43212);
+  baseline  generate (BIGRec prompt, titles with their years), the LM head over every position, fp32, micro-batches
+            in shuffled order, batch 8 of micro-batches of 4 (the default run of eb43212);
   default   conf/ml100k.yaml: its objective, prompt, precision (auto), length grouping and batch sizes.
-  int8      the default with `model.quantize: int8` server blocks (int8_samples_per_s, int8_score_eval_users_per_s),
-            when the default is not int8 already.
+  int8      the default with `model.quantize: int8` server blocks (int8_samples_per_s, int8_score_eval_users_per_s);
+  or dense  where the default is int8 already: the default with fp32 blocks, `quantize: none` (dense_samples_per_s,
+            dense_score_eval_users_per_s).
 Each arm runs `train_client`, the real local-training loop (forward, backward, clipping, AdamW). Ranking speed:
 users per second of the score objective (every item scored for every user; after one warm-up batch, median of the
 repeats) and of generation plus grounding.
@@ -42,6 +43,7 @@ from fellrec.model.split import SplitModel
 from fellrec.objectives import GenerateObjective, ScoreObjective
 
 REPO = Path(__file__).resolve().parents[1]
+ARM_NAMES = {"int8": "int8", "none": "dense"}  # model.quantize -> the name of the arm measured beside the default
 
 
 def read_config(path: Path, model: str) -> SimpleNamespace:
@@ -74,7 +76,8 @@ def main() -> None:
 
     cfg = read_config(Path(args.config), args.model)
     gen_cfg = read_config(Path(args.generative_config), args.model)
-    base_cfg = SimpleNamespace(data=dataclasses.replace(cfg.data, prompt="bigrec"), model=gen_cfg.model,
+    base_data = dataclasses.replace(cfg.data, prompt="bigrec", title_years=True)
+    base_cfg = SimpleNamespace(data=base_data, model=gen_cfg.model,
                                train=TrainArgs(lr=cfg.train.lr, batch_size=8, micro_batch_size=4,
                                                group_by_length=False, precision="32-true"),
                                eval=gen_cfg.eval)
@@ -86,9 +89,9 @@ def main() -> None:
     cpu_autocast = autocast_for(cfg.train, torch.device("cpu"))
     candidates = [("baseline", base_cfg, EveryPositionGenerate, contextlib.nullcontext),
                   ("default", cfg, default_cls, cpu_autocast)]
-    if cfg.model.quantize != "int8":  # the same config with int8 server blocks, measured beside it
-        int8_cfg = SimpleNamespace(**{**vars(cfg), "model": dataclasses.replace(cfg.model, quantize="int8")})
-        candidates.append(("int8", int8_cfg, default_cls, cpu_autocast))
+    other = "none" if cfg.model.quantize == "int8" else "int8"  # the other CPU choice, measured beside the default
+    other_cfg = SimpleNamespace(**{**vars(cfg), "model": dataclasses.replace(cfg.model, quantize=other)})
+    candidates.append((ARM_NAMES[other], other_cfg, default_cls, cpu_autocast))
     for name, arm_cfg, cls, autocast in candidates:
         torch.manual_seed(0)  # each arm its own model: their model.quantize may differ
         model = SplitModel(arm_cfg.model, cfg.split, device="cpu", lr=cfg.train.lr)
@@ -108,8 +111,8 @@ def main() -> None:
     out = {f"{name}_samples_per_s": args.samples / statistics.median(s) for name, s in seconds.items()}
     out["speedup"] = out["default_samples_per_s"] / out["baseline_samples_per_s"]
 
-    if isinstance(arms["default"], ScoreObjective):  # ranking: default and int8 interleaved, after a warm-up each
-        ranked = {name: arms[name] for name in ("default", "int8") if name in arms}
+    if isinstance(arms["default"], ScoreObjective):  # ranking: the default and the other arm interleaved, warmed up
+        ranked = {name: arms[name] for name in ("default", ARM_NAMES[other])}
         for name, objective in ranked.items():
             objective.score_samples(stores[name].activate(0), data.test[:cfg.eval.batch_size], cfg.eval.batch_size)
         ranking = {name: [] for name in ranked}
@@ -119,9 +122,9 @@ def main() -> None:
                 start = time.perf_counter()
                 objective.score_samples(sides, data.test, cfg.eval.batch_size)
                 ranking[name].append(time.perf_counter() - start)
-        out["score_eval_users_per_s"] = len(data.test) / statistics.median(ranking["default"])
-        if "int8" in ranking:
-            out["int8_score_eval_users_per_s"] = len(data.test) / statistics.median(ranking["int8"])
+        for name, repeats in ranking.items():
+            prefix = "" if name == "default" else f"{name}_"
+            out[f"{prefix}score_eval_users_per_s"] = len(data.test) / statistics.median(repeats)
     generate, ev = arms["baseline"], gen_cfg.eval
     few = {0: data.test[:args.generate_users]}
     start = time.perf_counter()

@@ -27,3 +27,12 @@ def test_render_turns_ids_into_titles_and_quotes_the_response():
     assert "please recommend a new movie that" in prompt
     assert answer == '"Fargo (1996)"'
     assert response(["A", "B"]) == '"A", "B"'
+
+
+def test_without_years_the_history_drops_them_and_the_response_keeps_them():
+    titles = {"1": "Toy Story (1995)", "2": "Seven (Se7en) (1995)", "3": "Fargo (1996)", "4": "unknown"}
+    style = PromptStyle(template="compact", years=False)
+    prompt, answer = render(Sample("u", ("1", "2", "4"), ("3",)), titles, style)
+    assert prompt == "Movies watched: Toy Story; Seven (Se7en); unknown; Next movie:"
+    assert answer == '"Fargo (1996)"'
+    assert PromptStyle(template="compact").prompt(["Toy Story (1995)"]) == "Movies watched: Toy Story (1995); Next movie:"

@@ -220,3 +220,9 @@ def test_spans_hold_in_the_compact_prompt_too():
     assert prompt.text == ("Video games played: Tom Clancy's \"Splinter Cell\", Chaos Theory; Portal; Portal 2; "
                            "Next video game:")
     assert [prompt.text[a:b] for a, b in prompt.spans] == titles
+
+
+def test_spans_cover_the_titles_as_shown_when_years_are_dropped():
+    prompt = render_with_spans(["Heat (1995)", "Heat (1986)"], PromptStyle(template="compact", years=False))
+    assert prompt.text == "Movies watched: Heat; Heat; Next movie:"
+    assert prompt.spans == [(16, 20), (22, 26)]

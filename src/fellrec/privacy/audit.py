@@ -57,7 +57,7 @@ def render_with_spans(titles: Sequence[str], style: PromptStyle) -> Prompt:
     the template, so a title containing quotes, commas or another title is placed right)."""
     prefix, pieces, suffix = style.parts(list(titles))
     spans, cursor = [], len(prefix)
-    for title, piece in zip(titles, pieces):
+    for title, piece in zip(map(style.shown, titles), pieces):
         start = cursor + piece.index(title)
         spans.append((start, start + len(title)))
         cursor += len(piece)
