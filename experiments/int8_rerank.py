@@ -1,5 +1,5 @@
 """What int8 server blocks change in a trained run's ranking: the run's best adapters rank every test user twice, with
-the dense blocks the run trained with and after swapping them to int8 (`model.quantize: int8`), and the per-user
+the dense blocks the run trained with and after swapping them to int8 (`eval.quantize: int8`), and the per-user
 NDCG@10 difference gets a paired-bootstrap 95% CI; ranking speed of both passes beside it.
 
     python experiments/int8_rerank.py runs/compare/ml100k/full/score-kmeans-s42-fellrec
@@ -18,7 +18,6 @@ import yaml
 from fellrec.cli import SECTIONS
 from fellrec.evaluation.checkpoint_eval import _load
 from fellrec.evaluation.evaluate import client_samples
-from fellrec.model.int8 import int8_blocks
 
 
 def main() -> None:
@@ -31,8 +30,7 @@ def main() -> None:
     data, partition, objective = _load(cfg, args.run / "best")
     samples = client_samples(partition, data.test)
     results = {"dense": objective.evaluate(samples, cfg.eval.mask, progress=False)}
-    lo, hi = objective.model.quantized_range
-    int8_blocks(objective.model.causal_lm.model.layers[lo:hi])
+    objective.model.rank_in_int8()
     results["int8"] = objective.evaluate(samples, cfg.eval.mask, progress=False)
     dense, int8 = (np.array([u["ndcg@10"] for u in results[k]["per_user"]]) for k in ("dense", "int8"))
     diff = int8 - dense

@@ -120,6 +120,8 @@ EXTRA_CASES = [  # rules over several keys, and what the parser refuses
      ["eval.collaborative_aware applies to model.objective generate only"]),
     ("two grounding priors", ["fit", *TINY, "--eval.popularity_aware", "true", "--eval.collaborative_aware", "true"],
      ["eval.popularity_aware and eval.collaborative_aware cannot both be true"]),
+    ("int8 ranking of nf4 blocks", ["fit", *TINY, "--model.quantize", "nf4", "--eval.quantize", "int8"],
+     ["eval.quantize int8 needs model.quantize none or int8 (got nf4)"]),
     ("ratios not summing to 1", ["fit", *TINY, "--data.split_ratios", "[0.5, 0.5, 0.5]"],
      ["data.split_ratios must sum to 1"]),
     ("wrong type", ["fit", *TINY, "--train.lr", "fast"], ["train.lr must be a number (got 'fast')"]),

@@ -266,6 +266,11 @@ class EvalArgs:
     """Items never recommended to a user: `prompt` masks the prompt's items (FELLRec's protocol); `history` masks
     every item of the user's training and validation history (the usual full-ranking protocol). Popularity is ranked
     under the same mask, and results.json says which (`protocol`)."""
+    quantize: Optional[Literal["int8"]] = None
+    """`int8`: the final ranking (end of `fit`, `fellrec test`) runs the server blocks in int8 (one scale per row;
+    PyTorch's dynamic-int8 kernel on a CPU), swapped from dense (`model.quantize: none`) blocks after training, so
+    training keeps full precision (a CPU setting: on a GPU the blocks stay as trained); null ranks with the blocks the
+    model trained with."""
     users_per_client: Optional[int] = None
     """Evaluate this many test users per client, drawn with `seed` (null: all)."""
     seed: int = 42

@@ -157,9 +157,15 @@ def _one_grounding_prior(get: Callable[[str], Any]) -> Optional[str]:
     return None
 
 
+def _int8_ranking_needs_dense_blocks(get: Callable[[str], Any]) -> Optional[str]:
+    if get("eval.quantize") == "int8" and get("model.quantize") == "nf4":  # nf4 blocks hold no dense weight to swap
+        return "eval.quantize int8 needs model.quantize none or int8 (got nf4)"
+    return None
+
+
 CROSS_RULES: list[Callable[[Callable[[str], Any]], Optional[str]]] = [
     _ratios_sum_to_one, _micro_batch_within_batch, _noise_needs_clipping, _popularity_grounding_needs_generation,
-    _one_grounding_prior]
+    _one_grounding_prior, _int8_ranking_needs_dense_blocks]
 """Rules over several keys; each returns a message naming the keys, or None. They run after every single-key rule
 has passed, so each value is already in its own range."""
 

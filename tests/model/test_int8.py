@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
+from fellrec.errors import FellrecError
 from fellrec.model.int8 import Int8Linear, dequantize_int8
 from fellrec.model.quantize import param_count, storage_bytes
 from tests.model.conftest import lora_grads, make_model, padded_batch, randomize_adapters
@@ -83,3 +85,28 @@ def test_int8_storage_and_round_trip_to_dense():
     up_back = blocks[0].mlp.up_proj.weight
     assert type(blocks[0].mlp.up_proj) is nn.Linear
     assert 0 < (up_back - up_dense).abs().max() <= up_dense.abs().amax(1).max() / 254 + 1e-7  # half a step
+
+
+def test_rank_in_int8_swaps_only_the_server_blocks_and_keeps_the_trained_adapters():
+    model = make_model("tiny-llama", "none", k=1, m=1)
+    randomize_adapters(model)
+    adapters = {name: p.detach().clone() for name, p in model.adapter_parameters().items()}
+    batch = padded_batch()
+    with torch.no_grad():
+        dense = model.full_logits(batch["input_ids"], batch["attention_mask"])
+        model.rank_in_int8()
+        int8 = model.full_logits(batch["input_ids"], batch["attention_mask"])
+    assert sum(isinstance(m, Int8Linear) for m in model.sides().server.modules()) == 2 * 7
+    assert not any(isinstance(m, Int8Linear) for m in model.sides().client.modules())
+    assert model.model_args.quantize == "int8"
+    after = model.adapter_parameters()
+    assert after.keys() == adapters.keys() and all(torch.equal(after[n], a) for n, a in adapters.items())
+    assert 0 < (int8 - dense).norm() < 0.05 * dense.norm()  # the adapters still act: close to the dense logits
+    model.rank_in_int8()  # already int8: nothing changes
+    with torch.no_grad():
+        assert torch.equal(model.full_logits(batch["input_ids"], batch["attention_mask"]), int8)
+
+
+def test_rank_in_int8_refuses_nf4_blocks():
+    with pytest.raises(FellrecError, match="needs dense server blocks"):
+        make_model("tiny-llama", "nf4").rank_in_int8()

@@ -68,11 +68,13 @@ def evaluate_run(cfg, ckpt: Path) -> dict:
 
 def evaluate_test_users(ev, objective, data, partition, out_dir: Path, progress: bool = True) -> dict:
     """Every client's current adapter on (a seeded sample of) its test users, popularity beside it; the PNG of
-    per-client NDCG@10 goes to `out_dir`."""
+    per-client NDCG@10 goes to `out_dir`. With `eval.quantize: int8` the server blocks turn int8 first, for good."""
     from fellrec.data.pipeline import sample_subset
     from fellrec.evaluation.evaluate import client_samples, tune_pop_gamma
     from fellrec.reporting.plots import plot_client_bars
 
+    if ev.quantize == "int8":
+        objective.model.rank_in_int8()
     samples = {c: sample_subset(s, ev.users_per_client, ev.seed + c, "eval.users_per_client")
                for c, s in client_samples(partition, data.test).items()}
     options = {}

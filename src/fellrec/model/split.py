@@ -8,7 +8,7 @@ ServerModule and link as views over the shared blocks, so clients with different
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import lightning as L
@@ -205,6 +205,17 @@ class SplitModel:
         self.peft.eval()
         self._sides: dict[tuple[int, int], SplitSides] = {}
         self.score_head: Optional[nn.Module] = None
+
+    def rank_in_int8(self) -> None:
+        """Swap dense server blocks to int8 for ranking (`eval.quantize: int8`): after training, so every step trained
+        in full precision while ranking runs at the int8 kernel's rate. Blocks already int8 stay as they are, and so
+        do blocks on a GPU, where the kernel is missing and int8 would only dequantize."""
+        if self.model_args.quantize == "nf4":
+            raise FellrecError("eval.quantize int8 needs dense server blocks (got model.quantize nf4)")
+        if self.model_args.quantize == "none" and self.device.type == "cpu":
+            lo, hi = self.quantized_range
+            int8_blocks(self.causal_lm.model.layers[lo:hi])
+            self.model_args = replace(self.model_args, quantize="int8")
 
     def _quantized_range(self) -> tuple[int, int]:
         clients = [None, *self.split_args.per_client]
