@@ -200,3 +200,34 @@ def test_bench_train_json_compares_the_old_and_the_default_configuration():
     # The compact prompt without years is shorter than BIGRec's template by its ~60 tokens of instructions and by
     # the 6 tokens of each title's "(1995)".
     assert report["baseline_mean_tokens"] - report["default_mean_tokens"] > 40 + 6 * 5
+
+
+def test_paired_runs_known_difference(tmp_path):
+    """Set A scores every user 0.1 above set B, seed by seed: the mean difference is 0.1 and so is every resample.
+    A user only B ran (u9) and a seed only A ran (7) are left out."""
+    users = [("u1", 0, 0.5), ("u2", 0, 0.0), ("u3", 1, 0.25)]
+    b_rows = []
+    for seed in (42, 1):
+        run = tmp_path / f"a-s{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"train:\n  seed: {seed}\n")
+        with open(run / "test_users.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["user", "client", "ndcg@10", "recall@10"])
+            writer.writerows([(u, c, v + 0.1 + seed / 1000, 0.0) for u, c, v in users])
+        row = {"seed": seed, "per_user": [{"user": u, "client": c, "ndcg@10": v + seed / 1000} for u, c, v in
+                                          [*users, ("u9", 1, 0.9)]]}
+        b_rows.append(tmp_path / f"b-s{seed}.json")
+        b_rows[-1].write_text(json.dumps(row))
+    extra = tmp_path / "a-s7"
+    shutil.copytree(tmp_path / "a-s1", extra)
+    (extra / "config.yaml").write_text("train:\n  seed: 7\n")
+    result = subprocess.run([sys.executable, "experiments/paired_runs.py", "--a", str(tmp_path / "a-s42"),
+                             str(tmp_path / "a-s1"), str(extra), "--b", *map(str, b_rows), "--bootstrap", "50"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["users"], report["seeds"], report["users_changed"]) == (3, [1, 42], 3)
+    assert report["mean_diff"] == pytest.approx(0.1)
+    assert report["ci95"] == pytest.approx([0.1, 0.1])
+    assert report["b_ndcg@10"] == pytest.approx((0.5 + 0.0 + 0.25) / 3 + 0.043 / 2)
