@@ -156,9 +156,10 @@ def run_fit(args, run: Run, runs_dir: Path) -> dict:
     if run.method.startswith("FELLRec"):
         rounds = list(csv.DictReader(open(run_dir / "rounds.csv")))
         row["weights_offdiag_range"] = float(rounds[-1]["weights_offdiag_range"])
-    users_file = run_dir / "test_users.csv"
+    users_file = run_dir / "test_users.csv"  # written where every user was ranked (score); generation samples users
+    users = csv.DictReader(open(users_file)) if users_file.is_file() else []
     row["per_user"] = [{"user": u["user"], "client": int(u["client"]), "ndcg@10": float(u["ndcg@10"]),
-                        "recall@10": float(u["recall@10"])} for u in csv.DictReader(open(users_file))]
+                        "recall@10": float(u["recall@10"])} for u in users]
     return row
 
 
