@@ -101,9 +101,9 @@ def main() -> None:
         index = ItemIndex.build(model, tokenizer, data.titles, cache_dir=cache_root() / "item-index")
         arms[name] = cls(arm_cfg, model, tokenizer, data, lambda index=index: index, autocast)
         stores[name] = arms[name].store = AdapterStore(model)
-    encoded = {name: objective.encode(data.train) for name, objective in arms.items()}
     # Training: the other arm only where its blocks train differently from the default's.
     seconds = {name: [] for name in arms if name != other or other_cfg.model.quantize != cfg.model.quantize}
+    encoded = {name: arms[name].encode(data.train) for name in seconds}
     for repeat in range(args.repeats):  # interleaved: machine noise hits both arms alike
         for name in seconds:
             objective = arms[name]

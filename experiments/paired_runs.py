@@ -15,30 +15,20 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from compare import bootstrap, paired_values
+from compare import bootstrap, paired_values, per_user_table
 
 
-def per_user(path: Path) -> tuple[int, dict[str, tuple[int, float]]]:
-    """(the run's seed, user -> (client, NDCG@10))."""
+def run_row(path: Path, side: str) -> dict:
+    """One run as a compare.py row of method `side`: its seed and every user's (client, NDCG@10)."""
     if path.is_file():
         row = json.loads(path.read_text())
-        return row["seed"], {u["user"]: (u["client"], u["ndcg@10"]) for u in row["per_user"]}
-    seed = yaml.safe_load((path / "config.yaml").read_text())["train"]["seed"]
-    rows = csv.DictReader(open(path / "test_users.csv"))
-    return seed, {u["user"]: (int(u["client"]), float(u["ndcg@10"])) for u in rows}
-
-
-def by_user(paths: list[Path]) -> dict:
-    """user -> (client, {seed: NDCG@10}), the shape compare.paired_values takes."""
-    table = {}
-    for path in paths:
-        seed, users = per_user(path)
-        for user, (client, value) in users.items():
-            table.setdefault(user, (client, {}))[1][seed] = value
-    return table
+    else:
+        seed = yaml.safe_load((path / "config.yaml").read_text())["train"]["seed"]
+        with open(path / "test_users.csv") as f:
+            row = {"seed": seed, "per_user": list(csv.DictReader(f))}
+    return {**row, "method": side, "partition": "-", "objective": "score"}
 
 
 def main() -> None:
@@ -47,12 +37,13 @@ def main() -> None:
     parser.add_argument("--b", type=Path, nargs="+", required=True)
     parser.add_argument("--bootstrap", type=int, default=2000)
     args = parser.parse_args()
-    paired = paired_values(by_user(args.a), by_user(args.b))
+    rows = [run_row(path, side) for side in ("a", "b") for path in getattr(args, side)]
+    paired = paired_values(per_user_table(rows, "a", "-"), per_user_table(rows, "b", "-"))
     if paired is None:
         raise SystemExit("the two sets share no user and seed")
     clients, a, b, seeds = paired
     diff = a - b
-    mean, ci = bootstrap(lambda rows: diff[rows].mean(), clients, args.bootstrap)
+    mean, ci = bootstrap(lambda users: diff[users].mean(), clients, args.bootstrap)
     print(json.dumps({"users": len(diff), "seeds": sorted(seeds), "a_ndcg@10": a.mean(), "b_ndcg@10": b.mean(),
                       "mean_diff": mean, "ci95": ci, "users_changed": int((diff != 0).sum())}))
 
